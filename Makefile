@@ -1,0 +1,26 @@
+# Everything runs inside a virtual environment under the repository, made on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite; JAX sees 4 CPU devices so data-parallel tests run everywhere.
+test: $(STAMP)
+	$(PY) -m ruff check mipae_jax experiments tests benchmarks
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check mipae_jax experiments tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

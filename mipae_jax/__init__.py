@@ -1,0 +1,1 @@
+"""MIPAE in JAX."""
