@@ -1,0 +1,66 @@
+"""Paper defaults: MIPAE on Moving dSprites (RGB, two sprites, no rotation).
+
+Variants import this module and override a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Root of every random stream (params, data, step keys).
+  c.batch_size = 100  # Global batch (split over all devices).
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'moving_dsprites'  # moving_dsprites | moving_mnist | mpi3d.
+  c.data.image_size = 64  # Frame height = width in pixels.
+  c.data.channels = 3  # 3 = one colour channel per object; 1 = grayscale.
+  c.data.input_frames = 5  # Conditioning frames.
+  c.data.target_frames = 10  # Frames predicted after the conditioning ones.
+  c.data.num_objects = 2  # Sprites or digits per video.
+  c.data.rotation = False  # dSprites only: orientation moves and becomes a pose factor.
+  c.data.path = ''  # User-provided array/files; '' = render procedurally where possible.
+  c.data.split_seed = 0  # Seed of the held-out content-combination split.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'dcgan'  # dcgan (MNIST, dSprites) | vgg (MPI3D: VGG E_c + D, ResNet E_p).
+  c.model.nf = 64  # Base width of the DCGAN blocks.
+  c.model.content_dim = 128  # Width of z_c (g_dims).
+  c.model.pose_dim = 5  # Width of z_p (z_dims).
+  c.model.skips = False  # Decoder takes E_c block outputs as skip connections.
+  c.model.critic_width = 512  # Hidden width of the critic MLP.
+  c.model.lstm_hidden = 256  # Width of the pose LSTM.
+  c.model.lstm_layers = 2  # Stacked LSTM cells.
+  c.model.dtype = 'float32'  # Compute dtype (float32 | bfloat16); parameters stay float32.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'mipae'  # mipae | drnet | smile.
+  c.loss.alpha = 1.0  # Weight of L_sim.
+  c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
+  c.loss.smile_clip = 5.0  # smile only: critic scores clipped to [-clip, clip].
+
+  c.optim = ml_collections.ConfigDict()  # Autoencoder and critic (two Adam states).
+  c.optim.lr = 2e-3
+  c.optim.b1 = 0.5
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8  # Adam epsilon (PyTorch's default).
+
+  c.lstm_optim = ml_collections.ConfigDict()  # Pose LSTM (published LSTM defaults).
+  c.lstm_optim.lr = 2e-4
+  c.lstm_optim.b1 = 0.9
+  c.lstm_optim.b2 = 0.999
+  c.lstm_optim.eps = 1e-8
+
+  c.train = ml_collections.ConfigDict()
+  c.train.ae_steps = 400 * 600  # Autoencoder iterations (400 epochs x 600).
+  c.train.lstm_steps = 200 * 600  # LSTM iterations.
+  c.train.log_every = 100  # Host metric fetch interval (steps).
+  c.train.ckpt_every = 5000  # Checkpoint interval (steps).
+  c.train.keep_checkpoints = 3  # Checkpoints kept per stage.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.mig_samples = 100_000  # Static frames for the MIG.
+  c.eval.test_videos = 1000  # Fixed, seeded test videos for SSIM/PSNR.
+  c.eval.future_frames = 10  # Predicted steps scored.
+  c.eval.seed = 1234  # Seed of the evaluation set (fixed across runs).
+  return c

@@ -1,0 +1,322 @@
+"""The MIPAE networks: content and pose encoders, decoder, critic and pose LSTM.
+
+Frames are `[B, H, W, C]` floats in [0, 1]. Two families:
+- `dcgan` (Moving MNIST, Moving dSprites): `ContentEncoder`, `PoseEncoder`, `Decoder`.
+- `vgg` (MPI3D): `VGGContentEncoder`, `ResNetPoseEncoder`, `VGGDecoder`.
+Submodule names follow the published PyTorch attribute names (`c1`..`c5`,
+`upc1`..`upc5`, `layer1`..), so checkpoint keys are stable and map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mipae_jax import layers
+from mipae_jax.layers import Dtype
+
+
+def dcgan_num_blocks(image_size: int) -> int:
+  """Stride-2 blocks that take `image_size` down to the 4x4 map of the last conv."""
+  n = int(round(math.log2(image_size))) - 2
+  if image_size < 16 or 2 ** (n + 2) != image_size:
+    raise ValueError(
+        f'dcgan networks take square frames whose side is a power of two >= 16 '
+        f'(the paper uses 64); got image_size={image_size}.')
+  return n
+
+
+class DCGANBlock(nn.Module):
+  """4x4 stride-2 conv (or transposed conv with `up`) -> BatchNorm -> LeakyReLU(0.2)."""
+  features: int
+  up: bool = False
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.up:
+      x = layers.UpConv4x4(self.features, dtype=self.dtype, name='conv')(x)
+    else:
+      x = layers.conv(self.features, 4, 2, 1, dtype=self.dtype, name='conv')(x)
+    x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
+    return layers.leaky_relu(x)
+
+
+class _DCGANEncoder(nn.Module):
+  """Shared body of both DCGAN encoders: `[B, H, W, C] -> ([B, dim], block outputs)`."""
+  dim: int
+  nf: int = 64
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  def encode(self, x, train: bool):
+    n = dcgan_num_blocks(x.shape[1])
+    skips = []
+    h = x
+    for i in range(n):
+      h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
+                     name=f'c{i + 1}')(h, train)
+      skips.append(h)
+    h = layers.conv(self.dim, 4, 1, 'VALID', dtype=self.dtype, name=f'c{n + 1}_conv')(h)
+    h = layers.batch_norm(train, self.axis_name, self.dtype, name=f'c{n + 1}_bn')(h)
+    z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
+    return z, tuple(skips)
+
+
+class ContentEncoder(_DCGANEncoder):
+  """E_c: `x [B, H, W, C] -> (z_c [B, dim], skips)`; skips are the block outputs, from
+  `[B, H/2, W/2, nf]` down to `[B, 4, 4, nf * 2^(n-1)]`."""
+  dim: int = 128
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    return self.encode(x, train)
+
+
+class PoseEncoder(_DCGANEncoder):
+  """E_p: `x [B, H, W, C] -> z_p [B, dim]` (tanh-bounded)."""
+  dim: int = 5
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    return self.encode(x, train)[0]
+
+
+class Decoder(nn.Module):
+  """D: `(z_c [B, Dc], z_p [B, Dp], skips) -> frame [B, H, W, channels]` in (0, 1).
+
+  With `skips`, each up-block's input is concatenated (after its own features) with the
+  content encoder's block output of the same size.
+  """
+  channels: int = 3
+  image_size: int = 64
+  nf: int = 64
+  skips: bool = False
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z_c, z_p, skips: Sequence[jax.Array] | None = None,
+               train: bool = True):
+    n = dcgan_num_blocks(self.image_size)
+    if self.skips and (skips is None or len(skips) != n):
+      raise ValueError(f'Decoder(skips=True) needs the {n} content-encoder block outputs.')
+    z = jnp.concatenate([z_c, z_p], axis=-1)
+    h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, dtype=self.dtype, name='upc1_conv')(z)
+    h = layers.batch_norm(train, self.axis_name, self.dtype, name='upc1_bn')(h)
+    h = layers.leaky_relu(h)
+    for i in range(n - 1):
+      if self.skips:
+        h = jnp.concatenate([h, skips[n - 1 - i].astype(h.dtype)], axis=-1)
+      h = DCGANBlock(self.nf * 2 ** (n - 2 - i), up=True, axis_name=self.axis_name,
+                     dtype=self.dtype, name=f'upc{i + 2}')(h, train)
+    if self.skips:
+      h = jnp.concatenate([h, skips[0].astype(h.dtype)], axis=-1)
+    h = layers.UpConv4x4(self.channels, dtype=self.dtype, name=f'upc{n + 1}_conv')(h)
+    return jax.nn.sigmoid(h.astype(jnp.float32))
+
+
+class Critic(nn.Module):
+  """C (DRNET's scene discriminator): `(a [B, Dp], b [B, Dp]) -> score T [B]`, unbounded."""
+  width: int = 512
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, a, b):
+    h = jnp.concatenate([a, b], axis=-1)
+    h = nn.relu(layers.dense(self.width, self.dtype, name='fc1')(h))
+    h = nn.relu(layers.dense(self.width, self.dtype, name='fc2')(h))
+    return layers.dense(1, self.dtype, name='fc3')(h)[..., 0].astype(jnp.float32)
+
+
+class PoseLSTM(nn.Module):
+  """L: one step of the pose predictor.
+
+  `(carry, x [B, Dp + Dc]) -> (carry, pose [B, Dp])`: Linear(in -> hidden), `layers`
+  stacked LSTM cells, Linear(hidden -> Dp), tanh. `x` is concat(previous pose, content).
+  """
+  pose_dim: int = 5
+  hidden: int = 256
+  num_layers: int = 2
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, x):
+    h = layers.dense(self.hidden, self.dtype, name='embed')(x)
+    new_carry = []
+    for i in range(self.num_layers):
+      c, h = layers.LSTMCell(self.hidden, dtype=self.dtype, name=f'lstm{i}')(carry[i], h)
+      new_carry.append(c)
+    out = layers.dense(self.pose_dim, self.dtype, name='output')(h)
+    return tuple(new_carry), jnp.tanh(out.astype(jnp.float32))
+
+  def initial_carry(self, batch_size: int):
+    zeros = jnp.zeros((batch_size, self.hidden), jnp.float32)
+    return tuple((zeros, zeros) for _ in range(self.num_layers))
+
+
+# --------------------------------------------------------------------------- MPI3D.
+
+
+class VGGLayer(nn.Module):
+  """3x3 conv (pad 1) -> BatchNorm -> LeakyReLU(0.2)."""
+  features: int
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = layers.conv(self.features, 3, 1, 1, dtype=self.dtype, name='conv')(x)
+    x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
+    return layers.leaky_relu(x)
+
+
+def _max_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _upsample(x):
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _require_64(x, what):
+  if x.shape[1:3] != (64, 64):
+    raise ValueError(f'{what} takes 64x64 frames (as MPI3D provides); got {x.shape[1:3]}.')
+
+
+_VGG_STAGES = ((2, 1), (2, 2), (3, 4), (3, 8))  # (layers, width / nf) per stage.
+
+
+class VGGContentEncoder(nn.Module):
+  """MPI3D E_c: VGG stacks (2, 2, 3, 3 layers; nf..8nf) with max-pooling, 4x4 valid conv,
+  BatchNorm, tanh. `x [B, 64, 64, C] -> (z_c [B, dim], skips)`, skips at 64, 32, 16, 8."""
+  dim: int = 128
+  nf: int = 64
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    _require_64(x, 'VGGContentEncoder')
+    skips = []
+    h = x
+    for s, (depth, mult) in enumerate(_VGG_STAGES):
+      if s:
+        h = _max_pool(h)
+      for j in range(depth):
+        h = VGGLayer(self.nf * mult, self.axis_name, self.dtype, name=f'c{s + 1}_{j}')(h, train)
+      skips.append(h)
+    h = layers.conv(self.dim, 4, 1, 'VALID', dtype=self.dtype, name='c5_conv')(_max_pool(h))
+    h = layers.batch_norm(train, self.axis_name, self.dtype, name='c5_bn')(h)
+    return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim), tuple(skips)
+
+
+class VGGDecoder(nn.Module):
+  """MPI3D D: project to 4x4, then nearest-neighbour upsampling and VGG stacks that each
+  take the matching content skip. `(z_c, z_p, skips) -> [B, 64, 64, channels]`."""
+  channels: int = 3
+  nf: int = 64
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z_c, z_p, skips, train: bool = True):
+    nf, ax, dt = self.nf, self.axis_name, self.dtype
+    h = layers.ProjectUp(8 * nf, 4, dtype=dt, name='upc1_conv')(
+        jnp.concatenate([z_c, z_p], axis=-1))
+    h = layers.leaky_relu(layers.batch_norm(train, ax, dt, name='upc1_bn')(h))
+    stages = ((8, 8, 4), (4, 4, 2), (2, 1), (1,))  # widths / nf of each stage's layers.
+    for s, widths in enumerate(stages):
+      h = jnp.concatenate([_upsample(h), skips[3 - s].astype(h.dtype)], axis=-1)
+      for j, mult in enumerate(widths):
+        h = VGGLayer(nf * mult, ax, dt, name=f'upc{s + 2}_{j}')(h, train)
+    h = layers.ConvTranspose3x3(self.channels, dtype=dt, name='upc5_out')(h)
+    return jax.nn.sigmoid(h.astype(jnp.float32))
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block with biased 3x3 convs (as the published MPI3D pose encoder)."""
+  features: int
+  stride: int = 1
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    ax, dt = self.axis_name, self.dtype
+    h = layers.conv(self.features, 3, self.stride, 1, dtype=dt, name='conv1')(x)
+    h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
+    h = layers.conv(self.features, 3, 1, 1, dtype=dt, name='conv2')(h)
+    h = layers.batch_norm(train, ax, dt, name='bn2')(h)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = layers.conv(self.features, 1, self.stride, 0, dtype=dt, name='downsample_conv')(x)
+      x = layers.batch_norm(train, ax, dt, name='downsample_bn')(x)
+    return nn.relu(h + x)
+
+
+class ResNetPoseEncoder(nn.Module):
+  """MPI3D E_p, ResNet-18 style: 5x5/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool, four
+  stages of two basic blocks (nf..8nf), 3x3 valid conv, BN, tanh.
+  `x [B, 64, 64, C] -> z_p [B, dim]` (spatial 64 -> 33 -> 17 -> 17 -> 9 -> 5 -> 3 -> 1)."""
+  dim: int = 10
+  nf: int = 64
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    _require_64(x, 'ResNetPoseEncoder')
+    ax, dt = self.axis_name, self.dtype
+    h = layers.conv(self.nf, 5, 2, 3, dtype=dt, name='conv1')(x)
+    h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
+    h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for s, mult in enumerate((1, 2, 4, 8)):
+      for j in range(2):
+        stride = 2 if (s > 0 and j == 0) else 1
+        h = BasicBlock(self.nf * mult, stride, ax, dt, name=f'layer{s + 1}_{j}')(h, train)
+    h = layers.conv(self.dim, 3, 1, 'VALID', dtype=dt, name='conv_out')(h)
+    h = layers.batch_norm(train, ax, dt, name='bn_out')(h)
+    return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
+
+
+# ----------------------------------------------------------------------- Factory.
+
+
+def build_models(model_config, data_config, axis_name: str | None = None) -> dict:
+  """The four autoencoder-stage modules for a config, plus the LSTM.
+
+  Returns {'content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm'}. Module
+  objects are cheap descriptions; building them per step (with the step's
+  `axis_name`) costs nothing and gives the same parameter trees.
+  """
+  dt = jnp.dtype(model_config.dtype)
+  nc, nf = data_config.channels, model_config.nf
+  if model_config.arch == 'dcgan':
+    ec = ContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    ep = PoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    dec = Decoder(channels=nc, image_size=data_config.image_size, nf=nf,
+                  skips=model_config.skips, axis_name=axis_name, dtype=dt)
+  elif model_config.arch == 'vgg':
+    ec = VGGContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    ep = ResNetPoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    dec = VGGDecoder(channels=nc, nf=nf, axis_name=axis_name, dtype=dt)
+  else:
+    raise ValueError(f"config.model.arch must be 'dcgan' or 'vgg'; got {model_config.arch!r}.")
+  return {
+      'content_encoder': ec,
+      'pose_encoder': ep,
+      'decoder': dec,
+      'critic': Critic(width=model_config.critic_width, dtype=dt),
+      'lstm': PoseLSTM(pose_dim=model_config.pose_dim, hidden=model_config.lstm_hidden,
+                       num_layers=model_config.lstm_layers, dtype=dt),
+  }
+
+
+def uses_skips(model_config) -> bool:
+  """VGG decoders always take skips; DCGAN decoders when configured."""
+  return model_config.arch == 'vgg' or bool(model_config.skips)

@@ -1,0 +1,341 @@
+"""Training state and the pure per-device train steps of both stages.
+
+Stage 1 (autoencoder): `ae_train_step` = critic ascent, then descent on E_c, E_p, D.
+Stage 2 (pose LSTM): `lstm_train_step`, with the autoencoder frozen.
+
+Each step is written once, per device, with explicit collectives over `axis_name`
+(None on one device). `mipae_jax.parallel.make_train_step` wraps them for `jax.jit`,
+`jax.pmap` or `jax.shard_map`. All randomness is derived from `fold_in(key, step)` and
+is shared by every device (frame indices, the global permutation of negatives), so a
+step's result does not depend on the device count and a resumed run is identical.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax import lax
+
+from mipae_jax import losses
+from mipae_jax.models import build_models, uses_skips
+
+AE_PARTS = ('content_encoder', 'pose_encoder', 'decoder')
+
+
+@flax.struct.dataclass
+class AEState:
+  """Autoencoder stage: two optimiser states side by side, plus BatchNorm statistics.
+
+  model.params: {'content_encoder', 'pose_encoder', 'decoder'} (one Adam state).
+  critic.params: the critic's parameters (its own Adam state).
+  batch_stats: running BatchNorm statistics of the three networks in `model`.
+  """
+  step: jax.Array
+  model: train_state.TrainState
+  critic: train_state.TrainState
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class LSTMState:
+  step: jax.Array
+  lstm: train_state.TrainState
+
+
+def adam(optim_config) -> optax.GradientTransformation:
+  return optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2,
+                    eps=optim_config.eps)
+
+
+def new_train_state(params, tx) -> train_state.TrainState:
+  """A flax TrainState whose step is a strongly typed int32 array (a Python int there
+  would change type after the first update and force a second compilation)."""
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def _frame_shape(config):
+  d = config.data
+  return (1, d.image_size, d.image_size, d.channels)
+
+
+def init_autoencoder_variables(config, key) -> tuple[dict, dict, dict]:
+  """Initial (params, batch_stats) of E_c, E_p, D and the critic's params."""
+  m = build_models(config.model, config.data)
+  k_c, k_p, k_d, k_crit = jax.random.split(key, 4)
+  x = jnp.zeros(_frame_shape(config), jnp.float32)
+  v_c = m['content_encoder'].init(k_c, x, train=False)
+  (z_c, skips) = m['content_encoder'].apply(v_c, x, train=False)
+  v_p = m['pose_encoder'].init(k_p, x, train=False)
+  z_p = jnp.zeros((1, config.model.pose_dim), jnp.float32)
+  v_d = m['decoder'].init(k_d, z_c, z_p, skips if uses_skips(config.model) else None,
+                          train=False)
+  v_crit = m['critic'].init(k_crit, z_p, z_p)
+  params = {'content_encoder': v_c['params'], 'pose_encoder': v_p['params'],
+            'decoder': v_d['params']}
+  stats = {'content_encoder': v_c['batch_stats'], 'pose_encoder': v_p['batch_stats'],
+           'decoder': v_d['batch_stats']}
+  return params, stats, v_crit['params']
+
+
+def create_train_state(config, key) -> AEState:
+  """Fresh autoencoder-stage state for `config` (see `experiments/configs`)."""
+  params, stats, critic_params = init_autoencoder_variables(config, key)
+  return AEState(
+      step=jnp.zeros((), jnp.int32),
+      model=new_train_state(params, adam(config.optim)),
+      critic=new_train_state(critic_params, adam(config.optim)),
+      batch_stats=stats)
+
+
+def create_lstm_state(config, key) -> LSTMState:
+  """Fresh pose-LSTM state; its input is concat(pose, content)."""
+  lstm = build_models(config.model, config.data)['lstm']
+  x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
+  params = lstm.init(key, lstm.initial_carry(1), x)['params']
+  return LSTMState(step=jnp.zeros((), jnp.int32),
+                   lstm=new_train_state(params, adam(config.lstm_optim)))
+
+
+def autoencoder_variables(state: AEState) -> dict:
+  """The frozen networks the LSTM stage and evaluation use: {'params', 'batch_stats'}."""
+  return {'params': state.model.params, 'batch_stats': state.batch_stats}
+
+
+# ------------------------------------------------------------------------ Helpers.
+
+
+def _split_batch(batch):
+  """`batch` is `{'video': [B, T, H, W, C]}`, optionally with `'critic_video'` (the
+  critic step's own batch, as in SPEC: the model step uses a new batch); a bare array
+  serves both steps."""
+  if isinstance(batch, dict):
+    video = batch['video']
+    return batch.get('critic_video', video), video
+  return batch, batch
+
+
+def _global_negatives(x, perm_key, axis_name):
+  """Rows of `x [B_local, D]` re-paired by one permutation of the GLOBAL batch.
+
+  The pose codes are small, so every device gathers them all, applies the same
+  permutation (same key everywhere) and keeps its own slice: exactly what one device
+  holding the global batch would compute.
+  """
+  if axis_name is None:
+    return x[jax.random.permutation(perm_key, x.shape[0])]
+  full = lax.all_gather(x, axis_name, tiled=True)  # [B_global, D]
+  n_local = x.shape[0]
+  perm = jax.random.permutation(perm_key, full.shape[0])
+  start = lax.axis_index(axis_name) * n_local
+  return full[lax.dynamic_slice_in_dim(perm, start, n_local)]
+
+
+def _pmean(tree, axis_name):
+  return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+class _Nets:
+  """Applies the three autoencoder networks in train mode, threading BatchNorm
+  statistics through the calls in the order they happen."""
+
+  def __init__(self, config, axis_name):
+    self.m = build_models(config.model, config.data, axis_name)
+    self.skips = uses_skips(config.model)
+
+  def content(self, params, stats, x):
+    (z, skips), upd = self.m['content_encoder'].apply(
+        {'params': params['content_encoder'], 'batch_stats': stats['content_encoder']},
+        x, train=True, mutable=['batch_stats'])
+    return z, skips, {**stats, 'content_encoder': upd['batch_stats']}
+
+  def pose(self, params, stats, x):
+    z, upd = self.m['pose_encoder'].apply(
+        {'params': params['pose_encoder'], 'batch_stats': stats['pose_encoder']},
+        x, train=True, mutable=['batch_stats'])
+    return z, {**stats, 'pose_encoder': upd['batch_stats']}
+
+  def decode(self, params, stats, z_c, z_p, skips):
+    x, upd = self.m['decoder'].apply(
+        {'params': params['decoder'], 'batch_stats': stats['decoder']},
+        z_c, z_p, skips if self.skips else None, train=True, mutable=['batch_stats'])
+    return x, {**stats, 'decoder': upd['batch_stats']}
+
+  def critic(self, critic_params, a, b):
+    return self.m['critic'].apply({'params': critic_params}, a, b)
+
+
+# ------------------------------------------------------------------ Stage 1 step.
+
+
+def critic_step(state: AEState, video, key, *, config, axis_name: str | None = None):
+  """Critic ascent (SPEC section 2): poses of two random frames, encoder gradients
+  stopped, joint pairs vs pairs re-matched by a permutation of the global batch.
+
+  Args: video `[B, T, H, W, C]` (per device); key for this update.
+  Returns: (state with a new critic and pose-encoder BatchNorm statistics, metrics).
+  """
+  nets = _Nets(config, axis_name)
+  k_t, k_neg = jax.random.split(key)
+  t1, t2 = jax.random.randint(k_t, (2,), 0, video.shape[1])
+  params, stats = state.model.params, state.batch_stats
+  a, stats = nets.pose(params, stats, video[:, t1])
+  b, stats = nets.pose(params, stats, video[:, t2])
+  a, b = lax.stop_gradient(a), lax.stop_gradient(b)
+  b_neg = _global_negatives(b, k_neg, axis_name)
+
+  def objective(critic_params):
+    t_joint = nets.critic(critic_params, a, b)
+    t_marg = nets.critic(critic_params, a, b_neg)
+    loss = losses.critic_loss(config.loss.name, t_joint, t_marg, axis_name)
+    return loss, losses.nwj_with_js_critic(t_joint, t_marg, axis_name)
+
+  (loss, mi), grads = jax.value_and_grad(objective, has_aux=True)(state.critic.params)
+  grads = _pmean(grads, axis_name)
+  state = state.replace(critic=state.critic.apply_gradients(grads=grads), batch_stats=stats)
+  return state, {'critic_loss': loss, 'critic_mi': mi,
+                 'critic_grad_norm': optax.tree.norm(grads)}
+
+
+def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
+                 axis_name: str | None = None):
+  """The autoencoder objective for frame offsets `k` (content/pose frame) and `r`
+  (reference pose frame). Returns (total, (new batch_stats, loss terms)).
+
+  `E_c(x[k])` and `E_p(x[r])` are targets: their gradients are stopped.
+  """
+  lc = config.loss
+  nets = _Nets(config, axis_name)
+  x0, xk, xr = video[:, 0], video[:, k], video[:, r]
+  h_c, skips, stats = nets.content(params, stats, x0)
+  h_c_k, _, stats = nets.content(params, stats, xk)
+  h_p, stats = nets.pose(params, stats, xk)
+  h_p_r, stats = nets.pose(params, stats, xr)
+  h_c_k, h_p_r = lax.stop_gradient(h_c_k), lax.stop_gradient(h_p_r)
+  recon, stats = nets.decode(params, stats, h_c, h_p, skips)
+  l_sim = losses.global_mean((h_c - h_c_k) ** 2, axis_name)
+  l_recon = losses.global_mean((recon - xk) ** 2, axis_name)
+  t_joint = nets.critic(critic_params, h_p, h_p_r)
+  t_marg = nets.critic(critic_params, h_p, _global_negatives(h_p_r, neg_key, axis_name))
+  l_mi = losses.model_penalty(lc.name, t_joint, t_marg, lc.smile_clip, axis_name)
+  total = l_recon + lc.alpha * l_sim + lc.beta * l_mi
+  return total, (stats, {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim,
+                         'mi_loss': l_mi})
+
+
+def model_step(state: AEState, video, key, *, config, axis_name: str | None = None):
+  """Descent on E_c, E_p and D together (one optimiser), critic fixed.
+
+  Args: video `[B, T, H, W, C]` (per device); key for this update.
+  Returns: (state with new model parameters and BatchNorm statistics, metrics).
+  """
+  k_k, k_r, k_neg = jax.random.split(key, 3)
+  num_frames = video.shape[1]
+  k = jax.random.randint(k_k, (), 1, num_frames)  # uniform in [1, T-1]
+  r = jax.random.randint(k_r, (), 0, num_frames)
+  objective = functools.partial(model_losses, stats=state.batch_stats,
+                                critic_params=state.critic.params, video=video, k=k, r=r,
+                                neg_key=k_neg, config=config, axis_name=axis_name)
+  (_, (stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.model.params)
+  grads = _pmean(grads, axis_name)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  return state.replace(model=state.model.apply_gradients(grads=grads),
+                       batch_stats=stats), metrics
+
+
+def ae_train_step(state: AEState, batch, key, *, config, axis_name: str | None = None):
+  """One autoencoder iteration: `critic_step`, then `model_step` (SPEC section 2).
+
+  Args:
+    state: `AEState`.
+    batch: `{'video': [B, T, H, W, C], 'critic_video': [B, T, H, W, C] (optional)}` or a
+      bare `[B, T, H, W, C]` array; floats in [0, 1]; B is the per-device batch.
+    key: the run's root key; the step folds in `state.step`.
+    config: the run config (static).
+    axis_name: device axis of a data-parallel wrapper, None on one device.
+  Returns:
+    (new state, metrics: dict of scalars averaged over devices).
+  """
+  critic_video, video = _split_batch(batch)
+  k_critic, k_model = jax.random.split(jax.random.fold_in(key, state.step))
+  state, critic_metrics = critic_step(state, critic_video, k_critic, config=config,
+                                      axis_name=axis_name)
+  state, metrics = model_step(state, video, k_model, config=config, axis_name=axis_name)
+  return state.replace(step=state.step + 1), {**metrics, **critic_metrics}
+
+
+# ------------------------------------------------------------------ Stage 2 step.
+
+
+def encode_video(config, ae_variables, video, content_frame: int):
+  """Frozen encodings of a video batch (BatchNorm in inference mode).
+
+  Args:
+    video: `[B, T, H, W, C]`.
+    content_frame: the frame whose content conditions the LSTM.
+  Returns:
+    (h_c [B, Dc], skips of that frame, h_p [B, T, Dp]).
+  """
+  m = build_models(config.model, config.data)
+  p, s = ae_variables['params'], ae_variables['batch_stats']
+  b, t = video.shape[:2]
+  h_c, skips = m['content_encoder'].apply(
+      {'params': p['content_encoder'], 'batch_stats': s['content_encoder']},
+      video[:, content_frame], train=False)
+  h_p = m['pose_encoder'].apply(
+      {'params': p['pose_encoder'], 'batch_stats': s['pose_encoder']},
+      video.reshape((b * t,) + video.shape[2:]), train=False)
+  return h_c, skips, h_p.reshape(b, t, -1)
+
+
+def lstm_teacher_forced(config, lstm_params, h_c, h_p):
+  """Teacher-forced pose predictions: `pred[:, t-1] = L(concat(h_p[:, t-1], h_c))`.
+
+  Args: h_c `[B, Dc]`, h_p `[B, T, Dp]`. Returns `[B, T-1, Dp]` (predictions of 1..T-1).
+  """
+  lstm = build_models(config.model, config.data)['lstm']
+  inputs = jnp.concatenate(
+      [h_p[:, :-1], jnp.broadcast_to(h_c[:, None], h_p.shape[:1] + (h_p.shape[1] - 1,)
+                                     + h_c.shape[1:])], axis=-1)
+
+  def step(carry, x_t):
+    return lstm.apply({'params': lstm_params}, carry, x_t)
+
+  _, preds = lax.scan(step, lstm.initial_carry(h_c.shape[0]), jnp.swapaxes(inputs, 0, 1))
+  return jnp.swapaxes(preds, 0, 1)
+
+
+def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
+                    axis_name: str | None = None):
+  """One LSTM iteration with teacher forcing (SPEC section 3).
+
+  Args:
+    state: `LSTMState` (the only thing optimised).
+    ae_variables: frozen autoencoder `{'params', 'batch_stats'}` (never updated).
+    batch: `{'video': [B, T, H, W, C]}` or the bare array.
+    key: unused (the step is deterministic); kept so both stages share one signature.
+  Returns:
+    (new state, {'lstm_loss', 'grad_norm'}).
+  """
+  del key
+  video = _split_batch(batch)[1]
+  h_c, _, h_p = encode_video(config, lax.stop_gradient(ae_variables), video,
+                             config.data.input_frames - 1)
+
+  def objective(lstm_params):
+    preds = lstm_teacher_forced(config, lstm_params, h_c, h_p)
+    per_step = jnp.mean((preds - h_p[:, 1:]) ** 2, axis=(0, 2))  # [T-1]
+    return jnp.sum(_pmean(per_step, axis_name))
+
+  loss, grads = jax.value_and_grad(objective)(state.lstm.params)
+  grads = _pmean(grads, axis_name)
+  new_state = state.replace(step=state.step + 1,
+                            lstm=state.lstm.apply_gradients(grads=grads))
+  return new_state, {'lstm_loss': loss, 'grad_norm': optax.tree.norm(grads)}

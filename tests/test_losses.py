@@ -1,0 +1,140 @@
+"""Critic objectives and MI bounds against NumPy, and the MI machinery as an estimator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mipae_jax import losses, models
+
+
+def softplus(x):
+  return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
+def log_sigmoid(x):
+  return -softplus(-x)
+
+
+@pytest.fixture
+def scores():
+  rng = np.random.default_rng(0)
+  return rng.normal(1.0, 2.0, 64).astype(np.float32), rng.normal(-1.0, 2.0, 64).astype(
+      np.float32)
+
+
+def test_bounds_match_numpy(scores):
+  tj, tm = scores
+  sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+  np.testing.assert_allclose(
+      losses.js_critic_objective(tj, tm),
+      np.mean(np.log(sig(tj))) + np.mean(np.log(1 - sig(tm))), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.drnet_critic_loss(tj, tm),
+      0.5 * (-np.mean(np.log(sig(tj))) - np.mean(np.log(1 - sig(tm)))), rtol=1e-5)
+  np.testing.assert_allclose(losses.nwj_with_js_critic(tj, tm),
+                             tj.mean() - np.exp(tm).mean() + 1, rtol=1e-5)
+  np.testing.assert_allclose(losses.nwj_bound(tj, tm),
+                             tj.mean() - np.exp(tm - 1).mean(), rtol=1e-5)
+  np.testing.assert_allclose(losses.dv_bound(tj, tm),
+                             tj.mean() - np.log(np.exp(tm.astype(np.float64)).mean()),
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.smile_bound(tj, tm, clip=1.5),
+      tj.mean() - np.log(np.exp(np.clip(tm, -1.5, 1.5)).mean()), rtol=1e-5)
+  p = sig(tj)
+  np.testing.assert_allclose(losses.drnet_confusion_loss(tj),
+                             np.mean(-0.5 * np.log(p) - 0.5 * np.log(1 - p)), rtol=1e-5)
+  s = np.random.default_rng(1).normal(size=(8, 8))
+  ref = np.mean(np.diag(s) - np.log(np.exp(s).mean(axis=1)))
+  np.testing.assert_allclose(losses.infonce_bound(jnp.asarray(s)), ref, rtol=1e-5)
+
+
+def test_variant_dispatch(scores):
+  tj, tm = scores
+  assert losses.critic_loss('mipae', tj, tm) == -losses.js_critic_objective(tj, tm)
+  assert losses.critic_loss('smile', tj, tm) == -losses.js_critic_objective(tj, tm)
+  assert losses.critic_loss('drnet', tj, tm) == losses.drnet_critic_loss(tj, tm)
+  assert losses.model_penalty('mipae', tj, tm) == losses.nwj_with_js_critic(tj, tm)
+  assert losses.model_penalty('drnet', tj, tm) == losses.drnet_confusion_loss(tj)
+  with pytest.raises(ValueError, match="config.loss.name must be one of"):
+    losses.critic_loss('infogan', tj, tm)
+
+
+def gaussian_pairs(key, n, rho, dim):
+  k1, k2 = jax.random.split(key)
+  a = jax.random.normal(k1, (n, dim))
+  return a, rho * a + np.sqrt(1 - rho ** 2) * jax.random.normal(k2, (n, dim))
+
+
+def optimal_log_ratio(a, b, rho):
+  """log p(a, b) / p(a) p(b) for unit Gaussians with per-dimension correlation rho."""
+  s = 1 - rho ** 2
+  q = (a ** 2 + b ** 2 - 2 * rho * a * b) / s - a ** 2 - b ** 2
+  return jnp.sum(-0.5 * np.log(s) - 0.5 * q, axis=-1)
+
+
+@pytest.mark.parametrize('rho', [0.5, 0.9])
+def test_bounds_with_the_optimal_critic_recover_known_mi(rho):
+  dim, n = 2, 200_000
+  true_mi = -0.5 * dim * np.log(1 - rho ** 2)
+  a, b = gaussian_pairs(jax.random.key(0), n, rho, dim)
+  b_neg = jnp.roll(b, 1, axis=0)
+  tj, tm = optimal_log_ratio(a, b, rho), optimal_log_ratio(a, b_neg, rho)
+  for bound in (losses.nwj_with_js_critic, losses.dv_bound, losses.smile_bound):
+    assert abs(float(bound(tj, tm)) - true_mi) < 0.05 * true_mi, bound.__name__
+  # NWJ's own optimum is T* + 1.
+  assert abs(float(losses.nwj_bound(tj + 1, tm + 1)) - true_mi) < 0.05 * true_mi
+  # InfoNCE on a 512 x 512 score matrix (bounded by log 512, far above these MIs).
+  a, b = a[:512], b[:512]
+  s = optimal_log_ratio(a[:, None], b[None, :], rho)
+  assert abs(float(losses.infonce_bound(s)) - true_mi) < 0.15 * true_mi
+
+
+def train_js_critic(rho, dim=2, steps=2000, batch=512, seed=0):
+  critic = models.Critic(width=128)
+  key = jax.random.key(seed)
+  params = critic.init(key, jnp.zeros((1, dim)), jnp.zeros((1, dim)))['params']
+  tx = optax.adam(1e-3)
+
+  def step(carry, k):
+    params, opt = carry
+    k1, k2 = jax.random.split(k)
+    a, b = gaussian_pairs(k1, batch, rho, dim)
+    b_neg = b[jax.random.permutation(k2, batch)]
+
+    def loss(p):
+      return -losses.js_critic_objective(critic.apply({'params': p}, a, b),
+                                         critic.apply({'params': p}, a, b_neg))
+
+    g = jax.grad(loss)(params)
+    updates, opt = tx.update(g, opt, params)
+    return (optax.apply_updates(params, updates), opt), None
+
+  run = jax.jit(lambda c, ks: jax.lax.scan(step, c, ks)[0])
+  params, _ = run((params, tx.init(params)), jax.random.split(key, steps))
+  a, b = gaussian_pairs(jax.random.key(99), 50_000, rho, dim)
+  tj = critic.apply({'params': params}, a, b)
+  tm = critic.apply({'params': params}, a, jnp.roll(b, 1, axis=0))
+  return float(losses.nwj_with_js_critic(tj, tm))
+
+
+@pytest.mark.parametrize('rho', [0.0, 0.5, 0.9])
+def test_js_trained_critic_gives_mi_penalty_near_truth(rho):
+  """The MIPAE penalty, with a critic trained only on the JS objective, estimates MI."""
+  true_mi = -0.5 * 2 * np.log(1 - rho ** 2)
+  estimate = train_js_critic(rho)
+  if rho == 0.0:
+    assert abs(estimate) < 0.02
+  else:
+    assert abs(estimate - true_mi) < 0.1 * true_mi, (estimate, true_mi)
+
+
+def test_global_reductions_do_not_depend_on_device_split():
+  x = np.random.default_rng(0).normal(size=(8,)).astype(np.float32)
+  f = jax.pmap(lambda v: (losses.global_mean(v, 'd'), losses.global_logmeanexp(v, 'd')),
+               axis_name='d')
+  m, lme = f(x.reshape(4, 2))
+  np.testing.assert_allclose(m, x.mean(), rtol=1e-5)
+  np.testing.assert_allclose(lme, np.log(np.exp(x.astype(np.float64)).mean()), rtol=1e-5)

@@ -1,0 +1,159 @@
+"""Module shapes, exact parameter counts and the custom layers against NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mipae_jax import layers, models
+
+
+def n_params(module, *args, **kwargs):
+  v = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+  return sum(x.size for x in jax.tree_util.tree_leaves(v['params']))
+
+
+def skip_shapes(encoder, x):
+  out = jax.eval_shape(lambda: encoder.init_with_output(jax.random.key(0), x)[0][1])
+  return [jnp.zeros(s.shape) for s in out]
+
+
+# Trainable parameters of the published PyTorch networks at nc=3, 64x64.
+def test_parameter_counts_match_published_architecture():
+  x = jnp.zeros((1, 64, 64, 3))
+  zc, zp5, zp10 = jnp.zeros((1, 128)), jnp.zeros((1, 5)), jnp.zeros((1, 10))
+  assert n_params(models.ContentEncoder(dim=128), x) == 3_807_424
+  assert n_params(models.PoseEncoder(dim=5), x) == 2_799_439
+  assert n_params(models.Decoder(channels=3), zc, zp5, None) == 3_848_003
+  skips = skip_shapes(models.ContentEncoder(dim=128), x)
+  assert n_params(models.Decoder(channels=3, skips=True), zc, zp5, skips) == 6_603_587
+  assert n_params(models.Critic(), zp5, zp5) == 268_801
+  assert n_params(models.VGGContentEncoder(dim=128), x) == 8_689_600
+  assert n_params(models.ResNetPoseEncoder(dim=10), x) == 11_222_814
+  vskips = skip_shapes(models.VGGContentEncoder(dim=128), x)
+  assert n_params(models.VGGDecoder(channels=3), zc, zp10, vskips) == 11_904_579
+  # Two bias vectors per cell, as torch.nn.LSTMCell keeps them.
+  lstm = models.PoseLSTM(pose_dim=5)
+  assert n_params(lstm, lstm.initial_carry(1), jnp.zeros((1, 133))) == 1_088_261
+
+
+@pytest.mark.parametrize('size', [16, 32])
+def test_dcgan_shapes(size):
+  b, nf = 2, 4
+  n_blocks = models.dcgan_num_blocks(size)
+  x = jax.random.uniform(jax.random.key(0), (b, size, size, 3))
+  z_c, skips = run(models.ContentEncoder(dim=7, nf=nf), x)
+  assert z_c.shape == (b, 7)
+  assert [s.shape for s in skips] == [
+      (b, size // 2 ** (i + 1), size // 2 ** (i + 1), nf * 2 ** i) for i in range(n_blocks)]
+  assert np.all(np.abs(z_c) <= 1)
+  z_p = run(models.PoseEncoder(dim=3, nf=nf), x)
+  assert z_p.shape == (b, 3)
+  for use_skips in (False, True):
+    dec = models.Decoder(channels=3, image_size=size, nf=nf, skips=use_skips)
+    y = run(dec, z_c, z_p, skips)
+    assert y.shape == (b, size, size, 3)
+    assert np.all((y > 0) & (y < 1))
+
+
+def run(module, *args):
+  """Initialises and applies `module` in inference mode, compiled once."""
+  return jax.jit(lambda k, *a: module.init_with_output(k, *a, train=False)[0])(
+      jax.random.key(1), *args)
+
+
+def shapes(module, *args):
+  return jax.eval_shape(lambda: module.init_with_output(jax.random.key(1), *args)[0])
+
+
+def test_mpi3d_shapes():
+  b, nf = 2, 2
+  x = jnp.zeros((b, 64, 64, 3))
+  z_c, skips = shapes(models.VGGContentEncoder(dim=6, nf=nf), x)
+  assert z_c.shape == (b, 6)
+  assert [s.shape[1:] for s in skips] == [(64, 64, nf), (32, 32, 2 * nf), (16, 16, 4 * nf),
+                                          (8, 8, 8 * nf)]
+  assert shapes(models.ResNetPoseEncoder(dim=4, nf=nf), x).shape == (b, 4)
+  skips = [jnp.zeros(s.shape) for s in skips]
+  y = shapes(models.VGGDecoder(channels=3, nf=nf), jnp.zeros((b, 6)), jnp.zeros((b, 4)), skips)
+  assert y.shape == (b, 64, 64, 3)
+
+
+def test_bad_image_size_is_rejected():
+  with pytest.raises(ValueError, match='power of two'):
+    models.dcgan_num_blocks(48)
+  with pytest.raises(ValueError, match='64x64'):
+    models.VGGContentEncoder(dim=4, nf=2).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_critic_and_lstm_shapes():
+  a = jnp.ones((5, 3))
+  t, _ = models.Critic(width=8).init_with_output(jax.random.key(0), a, a)
+  assert t.shape == (5,)
+  lstm = models.PoseLSTM(pose_dim=3, hidden=8, num_layers=2)
+  (carry, y), _ = lstm.init_with_output(jax.random.key(0), lstm.initial_carry(5),
+                                        jnp.ones((5, 7)))
+  assert y.shape == (5, 3) and len(carry) == 2 and carry[0][0].shape == (5, 8)
+
+
+# ------------------------------------------------------------ NumPy references.
+
+
+def torch_conv_transpose_ref(x, w, stride, padding):
+  """PyTorch ConvTranspose2d by its definition (scatter), NHWC input, w [kh, kw, in, out]."""
+  b, h, wd, _ = x.shape
+  kh, kw, _, cout = w.shape
+  full = np.zeros((b, (h - 1) * stride + kh, (wd - 1) * stride + kw, cout))
+  for i in range(h):
+    for j in range(wd):
+      full[:, i * stride:i * stride + kh, j * stride:j * stride + kw] += np.einsum(
+          'bc,yxco->byxo', x[:, i, j], w)
+  return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
+
+
+@pytest.mark.parametrize('layer,stride,padding,size', [
+    (layers.UpConv4x4(5), 2, 1, 6),
+    (layers.ConvTranspose3x3(5), 1, 1, 6),
+    (layers.ProjectUp(5, 4), 1, 0, 1),
+])
+def test_transposed_convolutions_match_definition(layer, stride, padding, size):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+  arg = x[:, 0, 0] if isinstance(layer, layers.ProjectUp) else x
+  params = layer.init(jax.random.key(0), arg)['params']
+  w = rng.normal(size=params['kernel'].shape).astype(np.float32)
+  bias = rng.normal(size=params['bias'].shape).astype(np.float32)
+  y = layer.apply({'params': {'kernel': w, 'bias': bias}}, arg)
+  ref = torch_conv_transpose_ref(x.astype(np.float64), w, stride, padding) + bias
+  np.testing.assert_allclose(np.asarray(y), ref, atol=1e-4)
+
+
+def test_lstm_cell_matches_torch_equations():
+  rng = np.random.default_rng(1)
+  hid, n_in, b = 4, 3, 2
+  cell = layers.LSTMCell(hid)
+  c0, h0 = rng.normal(size=(b, hid)), rng.normal(size=(b, hid))
+  x = rng.normal(size=(b, n_in))
+  params = cell.init(jax.random.key(0), (c0, h0), x)['params']
+  params = jax.tree_util.tree_map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  (c, h), out = cell.apply({'params': params}, (c0, h0), x)
+  g = (x @ params['input']['kernel'] + params['input']['bias']
+       + h0 @ params['hidden']['kernel'] + params['hidden']['bias'])
+  i, f, gg, o = np.split(g, 4, axis=1)
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  c_ref = sig(f) * c0 + sig(i) * np.tanh(gg)
+  h_ref = sig(o) * np.tanh(c_ref)
+  np.testing.assert_allclose(c, c_ref, atol=1e-5)
+  np.testing.assert_allclose(h, h_ref, atol=1e-5)
+  np.testing.assert_allclose(out, h_ref, atol=1e-5)
+
+
+def test_initialisation_follows_spec():
+  params = models.Critic(width=512).init(jax.random.key(0), jnp.ones((1, 5)),
+                                         jnp.ones((1, 5)))['params']
+  w = np.asarray(params['fc2']['kernel'])
+  assert abs(w.std() - 0.02) < 0.001 and abs(w.mean()) < 0.001
+  assert np.all(np.asarray(params['fc2']['bias']) == 0)
+  v = jax.jit(models.ContentEncoder(dim=128).init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  scale = np.asarray(v['params']['c4']['bn']['scale'])
+  assert abs(scale.mean() - 1) < 0.005 and abs(scale.std() - 0.02) < 0.005
