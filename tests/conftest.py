@@ -2,5 +2,7 @@
 
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+# Optimisation level 0: tests run tiny programs, where XLA's compile time dominates.
+os.environ.setdefault(
+    'XLA_FLAGS', '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

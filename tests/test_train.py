@@ -103,13 +103,15 @@ def test_stopped_branches_receive_no_gradient(config, state):
 def test_one_step_is_the_same_on_one_and_four_devices(config):
   """jit on one device vs shard_map and pmap over 4 devices, same global batch.
 
-  Adam's epsilon is raised for this comparison only: with eps=1e-8 Adam turns
-  float-rounding noise in mathematically-zero gradients (conv biases followed by
-  BatchNorm) into full learning-rate steps, which would hide real differences.
+  Adam is set to lr = eps = 1 for this comparison only, so that an update is about the
+  gradient itself and the parameters compare gradients at full scale. With eps=1e-8
+  Adam turns float-rounding noise in mathematically-zero gradients (conv biases
+  followed by BatchNorm) into full learning-rate steps, which would hide real
+  differences behind noise.
   """
   assert jax.device_count() == 4
   cfg = tiny.get_config()
-  cfg.optim.eps = 1e-3
+  cfg.optim.lr = cfg.optim.eps = 1.0
   st = train.create_train_state(cfg, jax.random.key(0))
   batch, key = batch_for(cfg), jax.random.key(7)
   ref, ref_m = parallel.make_train_step(cfg, mode='jit', donate=False)(st, batch, key)

@@ -1,0 +1,95 @@
+"""Datasets of MIPAE: Moving dSprites, Moving MNIST and MPI3D videos with per-frame factors.
+
+`make_source(config.data)` returns a `VideoSource`:
+
+  source = make_source(config.data)
+  sample = jax.jit(source.sample_batch, static_argnums=(1, 2))  # When source.on_device.
+  videos, factors = sample(key, 100, 'train')  # [B, T, H, W, C], {'content', 'pose'}.
+  images, content, pose = source.sample_static(seed, 100_000)  # For the MIG.
+  videos, factors = source.test_videos(seed, 1000)  # Fixed across runs.
+
+See SPEC section 4 and the module docstrings of `dsprites`, `moving_mnist`, `mpi3d`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mipae_jax.data.common import VideoSource
+
+__all__ = ['VideoSource', 'make_source', 'DATASETS']
+
+DATASETS = ('moving_dsprites', 'moving_mnist', 'mpi3d')
+
+
+def _fail(field: str, expected: str, found, fix: str):
+  raise ValueError(f'config.data.{field}: expected {expected}, found {found!r}. {fix}')
+
+
+def validate(data_config) -> None:
+  """Checks `config.data`; raises ValueError / FileNotFoundError naming the field."""
+  c = data_config
+  if c.name not in DATASETS:
+    _fail('name', f'one of {DATASETS}', c.name, 'Set config.data.name to a known dataset.')
+  if not isinstance(c.image_size, int) or c.image_size < 1 or 64 % c.image_size:
+    _fail('image_size', 'a divisor of 64 (64, 32, 16, ...)', c.image_size,
+          'Frames are rendered at 64x64 and area-averaged down to image_size.')
+  if c.channels not in (1, 3):
+    _fail('channels', '3 (one colour channel per object) or 1 (grayscale)', c.channels,
+          'Set config.data.channels to 1 or 3.')
+  for field in ('input_frames', 'target_frames'):
+    v = c[field]
+    if not isinstance(v, int) or v < (1 if field == 'input_frames' else 0):
+      _fail(field, 'an int >= 1' if field == 'input_frames' else 'an int >= 0', v,
+            'Videos have input_frames + target_frames frames.')
+  if c.name != 'mpi3d':
+    if not isinstance(c.num_objects, int) or c.num_objects < 1:
+      _fail('num_objects', 'an int >= 1', c.num_objects, 'Use 2 for the paper setting.')
+    if c.channels == 3 and c.num_objects > 3:
+      _fail('num_objects', 'at most 3 objects in RGB mode (one channel each)', c.num_objects,
+            'Use channels = 1 (grayscale) for more objects.')
+  else:
+    if c.channels != 3:
+      _fail('channels', '3 for mpi3d (RGB photographs)', c.channels,
+            'Set config.data.channels = 3.')
+  if c.rotation and c.name != 'moving_dsprites':
+    _fail('rotation', 'False for ' + c.name, c.rotation,
+          'Sprite rotation exists for moving_dsprites only.')
+  if c.name in ('moving_mnist', 'mpi3d'):
+    if not c.path:
+      what = ('a directory with the MNIST IDX .gz files, a mnist.npz, or a TFDS data dir with '
+              'a prepared mnist' if c.name == 'moving_mnist'
+              else 'mpi3d_real.npz (key "images") or a .npy of it')
+      raise FileNotFoundError(
+          f"config.data.path: expected {what} for {c.name}, found ''. This dataset cannot "
+          'be rendered; download it and point config.data.path at it.')
+    if not os.path.exists(os.path.expanduser(c.path)):
+      raise FileNotFoundError(
+          f'config.data.path: {c.path!r} does not exist (looked for it as given, from '
+          f'{os.getcwd()!r}). Point config.data.path at your {c.name} file or directory.')
+
+
+def make_source(data_config) -> VideoSource:
+  """Builds the `VideoSource` that `config.data` describes (validated first)."""
+  validate(data_config)
+  c = data_config
+  num_frames = c.input_frames + c.target_frames
+  if c.name == 'moving_dsprites':
+    from mipae_jax.data import dsprites
+    sprites = position_pixels = None
+    if c.path:
+      imgs = dsprites.load_dsprites_images(c.path)
+      sprites, position_pixels = dsprites.sprites_from_published(imgs)
+      del imgs
+    return dsprites.MovingDSprites(
+        num_frames=num_frames, image_size=c.image_size, channels=c.channels,
+        num_objects=c.num_objects, rotation=c.rotation, split_seed=c.split_seed,
+        sprites=sprites, position_pixels=position_pixels)
+  if c.name == 'moving_mnist':
+    from mipae_jax.data import moving_mnist
+    return moving_mnist.MovingMnist(
+        moving_mnist.load_mnist(c.path), num_frames=num_frames, image_size=c.image_size,
+        channels=c.channels, num_objects=c.num_objects)
+  from mipae_jax.data import mpi3d
+  return mpi3d.Mpi3dVideos(c.path, num_frames=num_frames, image_size=c.image_size,
+                           split_seed=c.split_seed)

@@ -1,0 +1,98 @@
+"""Writes a GIF and a PNG filmstrip of a few videos with their factors printed.
+
+  python -m mipae_jax.data.preview --dataset moving_dsprites --out /tmp/preview
+  python -m mipae_jax.data.preview --dataset moving_mnist --out DIR --path ~/mnist
+  python -m mipae_jax.data.preview --dataset mpi3d --out DIR --path mpi3d_real.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mipae_jax.data import make_source
+
+
+def _to_rgb_uint8(frames: np.ndarray) -> np.ndarray:
+  """`[..., H, W, C]` float in [0, 1] -> `[..., H, W, 3]` uint8 (grayscale repeated)."""
+  if frames.shape[-1] == 1:
+    frames = np.repeat(frames, 3, axis=-1)
+  return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _describe(source, factors, i: int) -> str:
+  content = ', '.join(f'{n}={v}' for n, v in zip(source.content_factor_names,
+                                                 factors['content'][i, 0], strict=True))
+  pose = ' | '.join(
+      ','.join(str(v) for v in factors['pose'][i, t]) for t in range(factors['pose'].shape[1]))
+  return (f'video {i}: {content}\n  pose ({", ".join(source.pose_factor_names)}) per frame: '
+          f'{pose}')
+
+
+def write_preview(source, out_dir: str, num_videos: int = 4, seed: int = 0,
+                  split: str = 'test', scale: int = 2) -> tuple[str, str]:
+  """Writes `preview.gif` (videos side by side) and `filmstrip.png` (a row per video, factor
+  text under it) into `out_dir`; returns both paths and prints the factors."""
+  os.makedirs(out_dir, exist_ok=True)
+  videos, factors = source.sample_batch(jax.random.key(seed), num_videos, split)
+  videos = _to_rgb_uint8(np.asarray(videos))  # [N, T, H, W, 3]
+  factors = jax.tree.map(np.asarray, factors)
+  n, t, h, w, _ = videos.shape
+  videos = videos.repeat(scale, axis=2).repeat(scale, axis=3)
+  h, w = h * scale, w * scale
+  gap = 2
+  lines = [_describe(source, factors, i) for i in range(n)]
+  print('\n'.join(lines))
+
+  gif_frames = []
+  for f in range(t):
+    canvas = np.full((h, n * (w + gap), 3), 128, np.uint8)
+    for i in range(n):
+      canvas[:, i * (w + gap):i * (w + gap) + w] = videos[i, f]
+    gif_frames.append(Image.fromarray(canvas))
+  gif = os.path.join(out_dir, 'preview.gif')
+  gif_frames[0].save(gif, save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
+
+  text_h = 12 * 2 + 4  # Two lines of PIL's default font per video.
+  strip = Image.new('RGB', (max(t * (w + gap), 640), n * (h + text_h + gap)), (255, 255, 255))
+  draw = ImageDraw.Draw(strip)
+  for i in range(n):
+    y0 = i * (h + text_h + gap)
+    for f in range(t):
+      strip.paste(Image.fromarray(videos[i, f]), (f * (w + gap), y0))
+    content, pose = lines[i].split('\n')
+    draw.text((2, y0 + h + 1), content, fill=(0, 0, 0))
+    draw.text((2, y0 + h + 13), pose.strip()[:200], fill=(0, 0, 0))
+  png = os.path.join(out_dir, 'filmstrip.png')
+  strip.save(png)
+  return gif, png
+
+
+def main(argv=None):
+  from experiments.configs import default
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--dataset', required=True,
+                      choices=['moving_dsprites', 'moving_mnist', 'mpi3d'])
+  parser.add_argument('--out', required=True, help='Output directory.')
+  parser.add_argument('--path', default='', help='Dataset file or directory (MNIST, MPI3D).')
+  parser.add_argument('--num_videos', type=int, default=4)
+  parser.add_argument('--channels', type=int, default=None, help='1 or 3 (default: config).')
+  parser.add_argument('--rotation', action='store_true', help='dSprites: rotating sprites.')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--split', default='test', choices=['train', 'test'])
+  args = parser.parse_args(argv)
+  c = default.get_config().data
+  c.name, c.path, c.rotation = args.dataset, args.path, args.rotation
+  if args.channels is not None:
+    c.channels = args.channels
+  gif, png = write_preview(make_source(c), args.out, args.num_videos, args.seed, args.split)
+  print(f'wrote {gif} and {png}')
+
+
+if __name__ == '__main__':
+  main()
