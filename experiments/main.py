@@ -1,0 +1,41 @@
+"""Train and evaluate MIPAE: autoencoder, then pose LSTM, then evaluation.
+
+  python -m experiments.main --config=experiments/configs/dsprites.py --workdir=/tmp/run
+  python -m experiments.main --config=experiments/configs/dsprites.py:drnet --workdir=...
+  python -m experiments.main --config=... --config.batch_size=64 --workdir=...
+
+Rerunning the same command resumes from the workdir's checkpoints. Multi-host: start
+one process per host with the same command plus
+  --coordinator=HOST:PORT --num_processes=N --process_id=I
+(or nothing extra on Cloud TPU, where JAX discovers the cluster itself).
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mipae_jax import pipeline
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
+flags.DEFINE_string('coordinator', None, 'Multi-host: address HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+  if FLAGS.coordinator or FLAGS.num_processes:
+    import jax
+    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  results = pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  pipeline.print_summary(FLAGS.workdir, results)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,513 @@
+"""Checkpoints of the training stages and the workdir's record of its config.
+
+Layout of a workdir:
+
+  workdir/config.json                 the resolved config the run was started with
+  workdir/checkpoints/<stage>/<step>/ one Orbax step: items 'state' (the stage pytree)
+                                      and 'metadata' (JSON: step, wall time, a digest
+                                      of the state, and whatever the caller passes)
+  workdir/checkpoints/<stage>/LAST_GOOD  the newest step whose save was confirmed
+
+Why a saved step is never restored half-written:
+  * Orbax (0.12.8, local/POSIX paths: `AtomicRenameTemporaryPath`) writes a step into
+    `<step>.orbax-checkpoint-tmp`, writes `commit_success.txt` into it once every item
+    is written, and only then renames it to `<step>`. A process killed before the
+    rename leaves only the tmp directory, which Orbax's step listing skips (name does
+    not match `^\\d+$`) and `cleanup_tmp_directories` deletes when the next store opens.
+  * On top of that the store lists only step directories holding `commit_success.txt`,
+    writes `LAST_GOOD` (tmp file + `os.replace`) after a save is confirmed, and
+    prefers it on restore; steps newer than `LAST_GOOD` are treated as unconfirmed.
+  * Every restore is checked against the abstract target (tree structure, shapes,
+    dtypes) and against the digest stored at save time, so a truncated or garbled
+    file fails loudly and `restore()` falls back to the previous good step.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+STAGES = ('ae', 'lstm')
+LAST_GOOD = 'LAST_GOOD'
+CONFIG_FILE = 'config.json'
+_COMMIT_FILE = 'commit_success.txt'  # Orbax's commit marker (both atomicity modes).
+# Keys the store itself puts in the metadata item.
+_RESERVED_METADATA = ('step', 'wall_time', 'stage', 'state_digest')
+
+# Config fields (dotted prefixes) that may change when a run is resumed: they set how
+# long to train and how often to log, save and evaluate, not what a step computes.
+RESUMABLE_FIELDS = (
+    'train.ae_steps',
+    'train.lstm_steps',
+    'train.log_every',
+    'train.ckpt_every',
+    'train.keep_checkpoints',
+    'eval',
+)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or no usable checkpoint could be restored."""
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir was created with a different config than the one requested."""
+
+
+# ------------------------------------------------------------------------ Helpers.
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` so readers see the old file or the new one, never half.
+
+  The data is fsync'ed before `os.replace`, so the rename cannot land ahead of it.
+  """
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _host_tree(tree):
+  """The pytree with every leaf copied to a host numpy array (same structure)."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def tree_digest(host_tree) -> str:
+  """SHA-256 over the leaves' dtypes, shapes and bytes, in tree order.
+
+  Catches what Orbax itself may not: a file that decodes but holds other values.
+  """
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(host_tree):
+    a = np.ascontiguousarray(leaf)
+    h.update(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _describe_leaf(x) -> str:
+  return f'{np.dtype(x.dtype).name}{tuple(x.shape)}'
+
+
+def _check_against_target(restored, abstract_state) -> None:
+  """Raises ValueError if `restored` differs from the target in structure, shape or
+  dtype (Orbax can pad/truncate or partially restore in some modes: never accept it)."""
+  want, got = jax.tree.structure(abstract_state), jax.tree.structure(restored)
+  if want != got:
+    raise ValueError(f'restored tree structure {got} differs from the target {want}')
+  paths = jax.tree_util.tree_leaves_with_path(abstract_state)
+  for (path, a), b in zip(paths, jax.tree.leaves(restored), strict=True):
+    if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
+      raise ValueError(f'leaf {jax.tree_util.keystr(path)}: restored '
+                       f'{_describe_leaf(b)}, target {_describe_leaf(a)}')
+
+
+def _with_default_sharding(abstract_state):
+  """Target leaves without a sharding are restored to the local default device."""
+  device = jax.local_devices()[0]
+
+  def fix(x):
+    if getattr(x, 'sharding', None) is not None:
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(device))
+
+  return jax.tree.map(fix, abstract_state)
+
+
+def _errno_of(err: BaseException) -> int | None:
+  """The OS error number behind `err`: an OSError in its chain, or the code that
+  TensorStore writes into its messages (`os_error_code='28'`)."""
+  e = err
+  while e is not None:
+    if isinstance(e, OSError) and e.errno is not None:
+      return e.errno
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    if m:
+      return int(m.group(1))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+# ------------------------------------------------------------------ The store.
+
+
+class CheckpointStore:
+  """Checkpoints of one training stage in `workdir/checkpoints/<stage>`.
+
+  One args-based Orbax `CheckpointManager` keeps the newest `keep` steps; each step
+  holds the stage state (one pytree, e.g. `AEState`) and a JSON metadata item.
+
+  Multi-process: pass `enabled=(jax.process_index() == 0)`. The state is copied to
+  host numpy before saving (it is replicated), and the manager is scoped to this
+  process alone, so no save waits on a barrier the other processes never reach.
+  Every process may call `restore` (it only reads).
+
+  Example:
+    store = CheckpointStore(workdir, 'ae', keep=config.train.keep_checkpoints)
+    abstract = jax.eval_shape(functools.partial(create_train_state, config), key)
+    if store.latest_step() is not None:
+      state, meta, step = store.restore(abstract)
+    ...
+    store.save(step, state, {'data_iterator': it_state})
+  """
+
+  def __init__(self, workdir: str, stage: str, keep: int = 3, enabled: bool = True):
+    if stage not in STAGES:
+      raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')
+    if keep < 1:
+      raise ValueError(f'keep must be >= 1, got {keep}')
+    self.workdir = os.fspath(workdir)
+    self.stage = stage
+    self.keep = keep
+    self.enabled = enabled
+    self.directory = os.path.join(self.workdir, 'checkpoints', stage)
+    self._pending_step = None  # Async save whose LAST_GOOD is not yet written.
+    self._manager = None
+    if enabled:
+      try:
+        os.makedirs(self.directory, exist_ok=True)
+      except OSError as e:
+        raise CheckpointError(self._write_help(
+            f'cannot create the checkpoint directory {self.directory}', e)) from e
+    self._ensure_manager()
+
+  def _ensure_manager(self) -> bool:
+    """Opens the manager once the directory exists (a reader may start before the
+    writing process has created it). Returns whether there is one."""
+    if self._manager is None and os.path.isdir(self.directory):
+      self._manager = self._make_manager(read_only=not self.enabled)
+    return self._manager is not None
+
+  def _make_manager(self, read_only: bool) -> ocp.CheckpointManager:
+    me = jax.process_index()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=self.keep,
+        create=False,
+        read_only=read_only,
+        # A killed save leaves `<step>.orbax-checkpoint-tmp`; remove it on open.
+        cleanup_tmp_directories=not read_only,
+        # Only this process takes part (see the class docstring).
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}),
+    )
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_names=('state', 'metadata'))
+
+  # -------------------------------------------------------------- Listing.
+
+  def _complete(self, step: int) -> bool:
+    return os.path.isfile(os.path.join(self.directory, str(step), _COMMIT_FILE))
+
+  def all_steps(self) -> list[int]:
+    """Steps with a complete (committed, renamed) checkpoint, ascending."""
+    if not self._ensure_manager():
+      return []
+    if not self.enabled:
+      self._manager.reload()  # The writing process may have saved since.
+    return sorted(s for s in self._manager.all_steps() if self._complete(s))
+
+  def _last_good(self) -> int | None:
+    """The step named by LAST_GOOD, or None if absent or unreadable."""
+    path = os.path.join(self.directory, LAST_GOOD)
+    try:
+      with open(path) as f:
+        return int(f.read().strip())
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError) as e:
+      logger.warning('Ignoring unreadable %s (%s); using the newest complete step.',
+                     path, e)
+      return None
+
+  def _candidates(self) -> list[int]:
+    """Steps `restore()` tries, best first: LAST_GOOD, then older steps newest first.
+
+    Steps newer than LAST_GOOD were renamed by Orbax but never confirmed by this
+    store (the process died in between, or an async save was never waited on); like
+    big_vision's pointer we do not trust them. Without LAST_GOOD (older workdirs),
+    every complete step is a candidate, newest first.
+    """
+    self._finish_pending()
+    steps = self.all_steps()
+    good = self._last_good()
+    if good is None or good not in steps:
+      if good is not None:
+        logger.warning('%s names step %d, which is not a complete checkpoint in %s; '
+                       'using the newest complete step.', LAST_GOOD, good,
+                       self.directory)
+      return steps[::-1]
+    newer = [s for s in steps if s > good]
+    if newer:
+      logger.warning('Ignoring unconfirmed checkpoint step(s) %s newer than %s=%d in '
+                     '%s; they will be replaced when training passes them.', newer,
+                     LAST_GOOD, good, self.directory)
+    return [s for s in steps if s <= good][::-1]
+
+  def latest_step(self) -> int | None:
+    """The step `restore()` would try first, or None if there is no checkpoint."""
+    candidates = self._candidates()
+    return candidates[0] if candidates else None
+
+  # --------------------------------------------------------------- Saving.
+
+  def _write_help(self, what: str, err: BaseException) -> str:
+    code = _errno_of(err)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      hint = 'free disk space (or lower train.keep_checkpoints)'
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+      hint = 'make the workdir writable or pass another --workdir'
+    else:
+      hint = 'check that the workdir is a writable directory with free space'
+    return (f'{what}: {type(err).__name__}: {err}\nTo fix: {hint}, then rerun the '
+            'same command; training resumes from the last good checkpoint'
+            f'{self._last_good_note()}.')
+
+  def _last_good_note(self) -> str:
+    good = self._last_good() if os.path.isdir(self.directory) else None
+    return f' (step {good}, intact)' if good is not None else ''
+
+  def _mark_good(self, step: int) -> None:
+    atomic_write_text(os.path.join(self.directory, LAST_GOOD), f'{step}\n')
+
+  def _finish_pending(self) -> None:
+    """Confirms a previous async save (waits for it, then writes LAST_GOOD)."""
+    if self._pending_step is None:
+      return
+    step, self._pending_step = self._pending_step, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(self._write_help(
+          f'saving checkpoint step {step} to {self.directory} failed', e)) from e
+    if self._complete(step):
+      self._mark_good(step)
+
+  def save(self, step: int, state, metadata: Mapping[str, Any] | None = None,
+           wait: bool = True) -> None:
+    """Saves `state` (any pytree of arrays) and JSON-able `metadata` as `step`.
+
+    With wait=False the write continues in the background; it is confirmed
+    (LAST_GOOD) by the next `save`, `wait_until_finished`, `latest_step`, `restore`
+    or `close`. Existing steps >= `step` (left by a run that was resumed from an
+    earlier step) are replaced. Raises CheckpointError if the write fails; earlier
+    checkpoints are untouched.
+    """
+    if not self.enabled:
+      return
+    step = int(step)
+    metadata = dict(metadata or {})
+    clash = sorted(set(metadata) & set(_RESERVED_METADATA))
+    if clash:
+      raise ValueError(f'metadata keys {clash} are reserved by CheckpointStore')
+    self._finish_pending()
+    host_state = _host_tree(state)
+    meta = {**metadata, 'step': step, 'wall_time': time.time(), 'stage': self.stage,
+            'state_digest': tree_digest(host_state)}
+    try:
+      json.dumps(meta)
+    except TypeError as e:
+      raise ValueError(f'checkpoint metadata must be JSON-serialisable: {e}') from e
+    try:
+      for stale in [s for s in self._manager.all_steps() if s >= step]:
+        logger.warning('Replacing checkpoint step %d in %s: the run was resumed from '
+                       'an earlier step.', stale, self.directory)
+        self._manager.delete(stale)
+      # force=True: the caller decides when to save (Orbax would otherwise silently
+      # skip steps at or below its newest one).
+      self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(host_state),
+          metadata=ocp.args.JsonSave(meta)))
+      self._pending_step = step
+      if wait:
+        self._finish_pending()
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      self._pending_step = None
+      raise CheckpointError(self._write_help(
+          f'saving checkpoint step {step} to {self.directory} failed', e)) from e
+
+  def wait_until_finished(self) -> None:
+    if self.enabled and self._manager is not None:
+      self._finish_pending()
+
+  # ------------------------------------------------------------- Restoring.
+
+  def _restore_step(self, step: int, abstract_state):
+    """(state, metadata) of `step`, verified; raises on any problem."""
+    step_dir = os.path.join(self.directory, str(step))
+    if not self._complete(step):
+      raise FileNotFoundError(f'{step_dir} is not a complete checkpoint '
+                              f'(no {_COMMIT_FILE})')
+    target = _with_default_sharding(abstract_state)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target, strict=True),
+        metadata=ocp.args.JsonRestore()))
+    state, meta = out.state, out.metadata
+    if not isinstance(meta, dict):
+      raise ValueError(f'{step_dir}/metadata: expected a JSON object, got {meta!r}')
+    if meta.get('step') != step:
+      raise ValueError(f'{step_dir}/metadata names step {meta.get("step")}, not {step}')
+    _check_against_target(state, abstract_state)
+    digest = tree_digest(_host_tree(state))
+    if digest != meta.get('state_digest'):
+      raise ValueError(f'{step_dir}/state: contents do not match the digest recorded '
+                       'at save time (file corrupted or modified)')
+    return state, meta
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores a checkpoint onto the local default device.
+
+    Args:
+      abstract_state: the target pytree of `jax.ShapeDtypeStruct`, e.g.
+        `jax.eval_shape(functools.partial(create_train_state, config), key)`; static
+        fields (TrainState's `tx`, `apply_fn`) are taken from it, so the result is a
+        usable TrainState. Leaves carrying a sharding are restored with it.
+      step: a specific step, or None for the newest good one (LAST_GOOD first,
+        falling back past steps that fail to restore, each with a warning).
+    Returns:
+      (state, metadata dict, step).
+    Raises:
+      CheckpointError: naming the directory, each step tried and why it failed.
+    """
+    if not self._ensure_manager():
+      raise CheckpointError(f'no checkpoints: {self.directory} does not exist')
+    if step is not None:
+      step = int(step)
+      self._finish_pending()
+      if step not in self.all_steps():
+        raise CheckpointError(
+            f'no complete checkpoint for step {step} in {self.directory} '
+            f'(complete steps: {self.all_steps()})')
+      try:
+        state, meta = self._restore_step(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f'checkpoint step {step} in {os.path.join(self.directory, str(step))} '
+            f'cannot be restored: {type(e).__name__}: {e}') from e
+      return state, meta, step
+    failures = []
+    for candidate in self._candidates():
+      try:
+        state, meta = self._restore_step(candidate, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f'{type(e).__name__}: {e}'
+        logger.warning('Checkpoint step %d in %s cannot be restored (%s); falling '
+                       'back to the previous step.', candidate, self.directory, reason)
+        failures.append(f'  step {candidate}: {reason}')
+        continue
+      return state, meta, candidate
+    if not failures:
+      raise CheckpointError(f'no complete checkpoint in {self.directory}')
+    raise CheckpointError(
+        f'no checkpoint in {self.directory} could be restored; tried:\n'
+        + '\n'.join(failures)
+        + '\nStart afresh with a new --workdir, or move the damaged step directories '
+        'aside.')
+
+  def close(self) -> None:
+    if self._manager is None:
+      return
+    try:
+      if self.enabled:
+        self._finish_pending()
+    finally:
+      self._manager.close()
+      self._manager = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+# ------------------------------------------------------------------ Config record.
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, name + '.'))
+    else:
+      out[name] = v
+  return out
+
+
+def _config_dict(config) -> dict:
+  """Plain, JSON round-tripped dict of a ConfigDict (tuples become lists, so saved and
+  requested configs compare equal when they are)."""
+  d = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  return json.loads(json.dumps(d, default=str))
+
+
+def record_config(workdir: str, config) -> str:
+  """Writes the resolved config to `workdir/config.json` (atomically); returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  atomic_write_text(path, json.dumps(_config_dict(config), indent=2, sort_keys=True)
+                    + '\n')
+  return path
+
+
+def _is_allowed(field: str, allowed: Iterable[str]) -> bool:
+  return any(field == p or field.startswith(p + '.') for p in allowed)
+
+
+def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
+                 ) -> bool:
+  """Refuses to resume `workdir` under a config other than the one it was made with.
+
+  Fields under `allowed` (dotted prefixes) may differ. Returns True if the workdir had
+  a recorded config (and it matches), False if it has none.
+  Raises:
+    ConfigMismatchError: listing every differing field as `field: saved -> requested`.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigMismatchError(
+        f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
+        '--workdir, or restore that file.') from e
+  requested = _flatten(_config_dict(config))
+  missing = '<absent>'
+  diffs = []
+  for field in sorted(set(saved) | set(requested)):
+    a, b = saved.get(field, missing), requested.get(field, missing)
+    if a != b and not _is_allowed(field, allowed):
+      diffs.append(f'  {field}: {a!r} -> {b!r}')
+  if diffs:
+    raise ConfigMismatchError(
+        f'{workdir} was created with a different config ({path}); refusing to resume '
+        f'it. Differing fields (saved -> requested):\n' + '\n'.join(diffs) +
+        '\nUse a new --workdir for this config, or pass the same config (and '
+        'overrides) as the original run. Fields that may change on resume: '
+        + ', '.join(allowed) + '.')
+  return True

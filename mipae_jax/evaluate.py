@@ -1,0 +1,220 @@
+"""Evaluation of a trained run: disentanglement (MIG), prediction quality, pictures.
+
+`evaluate(config, workdir, ae_state, lstm_state)` writes into `workdir/eval/`:
+  metrics.json        every number (MIGs, per-step SSIM/PSNR with 95% intervals, timings)
+  report.md           the paper's Table 1 row for this run, plots and pictures
+  analogy.png         content of row videos x poses of the top video
+  reconstruction.png  true frames over reconstructions
+  prediction.gif/png  true vs predicted future frames (when the LSTM was trained)
+  ssim.png, psnr.png  per future step, with 95% bands
+All evaluation data is drawn from `config.eval.seed`, so every run of every model is
+scored on the same frames and videos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from mipae_jax import data, predict, train, visualize
+from mipae_jax.metrics import image as image_metrics
+from mipae_jax.metrics import mig as mig_metrics
+
+ENCODE_BATCH = 500
+
+
+def encode_static(config, ae_variables, source, n: int, seed: int):
+  """Latents and factors of `n` single test frames, sampled uniformly over all factors.
+
+  Returns (z_c [n, Dc], z_p [n, Dp], content [n, Kc], pose [n, Kp]) as numpy.
+  """
+  encode = jax.jit(lambda v, x: predict.encode_frames(config, v, x))
+  z_c, z_p, content, pose = [], [], [], []
+  for images, c, p in source.iter_static(seed, n, chunk=10_000, split='test'):
+    for s in range(0, len(images), ENCODE_BATCH):
+      x = images[s:s + ENCODE_BATCH]
+      pad = ENCODE_BATCH - len(x)  # Pad the last batch: one compiled shape.
+      if pad and n > ENCODE_BATCH:
+        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      zc, zp = jax.device_get(encode(ae_variables, x))
+      z_c.append(zc[:len(zc) - pad] if pad and n > ENCODE_BATCH else zc)
+      z_p.append(zp[:len(zp) - pad] if pad and n > ENCODE_BATCH else zp)
+    content.append(np.asarray(c))
+    pose.append(np.asarray(p))
+  return (np.concatenate(z_c), np.concatenate(z_p), np.concatenate(content),
+          np.concatenate(pose))
+
+
+def disentanglement(config, ae_variables, source) -> dict:
+  """The paper's signed MIG (eq. 8) and the classic per-dimension MIG."""
+  t0 = time.time()
+  z_c, z_p, content, pose = encode_static(config, ae_variables, source,
+                                          config.eval.mig_samples, config.eval.seed)
+  paper = mig_metrics.paper_mig(z_c, z_p, content, pose, k=3)
+  classic = mig_metrics.classic_mig_details(np.concatenate([z_c, z_p], axis=1),
+                                            np.concatenate([content, pose], axis=1))
+  return {'paper': paper, 'classic': _jsonable(classic), 'n_samples': int(len(z_c)),
+          'content_factors': list(source.content_factor_names),
+          'pose_factors': list(source.pose_factor_names), 'seconds': time.time() - t0}
+
+
+def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict, np.ndarray]:
+  """Per-future-step SSIM/PSNR of LSTM predictions on fixed test `videos [N, T, ...]`.
+
+  Returns (metrics, predicted frames [N, F, H, W, C]).
+  """
+  c, f = config.data.input_frames, config.eval.future_frames
+  predictor = predict.make_predictor(config, f)
+  batch = min(100, len(videos))
+  preds = []
+  for s in range(0, len(videos), batch):
+    ctx = videos[s:s + batch, :c]
+    pad = batch - len(ctx)
+    if pad:
+      ctx = np.concatenate([ctx, np.zeros((pad,) + ctx.shape[1:], ctx.dtype)])
+    out = np.asarray(predictor(ae_variables, lstm_params, ctx)['frames'])
+    preds.append(out[:batch - pad])
+  preds = np.concatenate(preds)
+  scores = image_metrics.per_step_metrics(preds, videos[:, c:c + f])
+  keep = ('ssim_mean', 'ssim_ci95', 'psnr_mean', 'psnr_ci95', 'n_videos', 'protocol')
+  return {k: _jsonable(scores[k]) for k in keep}, preds
+
+
+def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: str) -> dict:
+  """Analogy grid, reconstructions and (with an LSTM) predictions; returns file names."""
+  files = {}
+  rows = min(6, len(videos))
+  # Analogy: content of frame 0 of videos 1..rows-1, poses of video 0.
+  content_frames, pose_video = videos[1:rows, 0], videos[0]
+  grid = np.asarray(jax.jit(lambda v, a, b: predict.analogies(config, v, a, b))(
+      ae_variables, content_frames, pose_video))
+  blank = np.zeros_like(content_frames[:1])
+  cells = np.concatenate([
+      np.concatenate([blank, pose_video], axis=0)[None],
+      np.concatenate([content_frames[:, None], grid], axis=1)], axis=0)
+  visualize.save_image_grid(cells, os.path.join(out_dir, 'analogy.png'))
+  files['analogy'] = 'analogy.png'
+
+  rec = np.asarray(jax.jit(lambda v, x: predict.reconstruct(config, v, x))(
+      ae_variables, videos[:rows // 2 or 1]))
+  pairs = np.stack([videos[:len(rec)], rec], axis=1).reshape((-1,) + rec.shape[1:])
+  visualize.save_filmstrip(pairs, os.path.join(out_dir, 'reconstruction.png'),
+                           row_labels=['true', 'recon'] * len(rec))
+  files['reconstruction'] = 'reconstruction.png'
+
+  if preds is not None:
+    c, f = config.data.input_frames, preds.shape[1]
+    n = min(4, len(preds))
+    true = videos[:n, :c + f]
+    pred = np.concatenate([videos[:n, :c], preds[:n]], axis=1)
+    both = np.stack([true, pred], axis=1).reshape((-1,) + true.shape[1:])
+    labels = ['true', 'predicted'] * n
+    visualize.save_filmstrip(both, os.path.join(out_dir, 'prediction.png'), labels)
+    visualize.save_gif(both, os.path.join(out_dir, 'prediction.gif'), fps=4)
+    files['prediction_png'], files['prediction_gif'] = 'prediction.png', 'prediction.gif'
+  return files
+
+
+def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, source=None,
+             timings: dict | None = None) -> dict:
+  """Scores a run and writes `workdir/eval/` (see the module docstring)."""
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  source = data.make_source(config.data) if source is None else source
+  ae_variables = train.autoencoder_variables(ae_state)
+  lstm_params = None if lstm_state is None else lstm_state.lstm.params
+  results = {'dataset': config.data.name, 'loss': config.loss.name,
+             'ae_step': int(ae_state.step),
+             'lstm_step': None if lstm_state is None else int(lstm_state.step),
+             'timings': timings or {}}
+  results['mig'] = disentanglement(config, ae_variables, source)
+  videos, _ = source.test_videos(config.eval.seed, config.eval.test_videos)
+  videos = np.asarray(videos, np.float32)
+  preds = None
+  if lstm_params is not None:
+    results['prediction'], preds = prediction_quality(config, ae_variables, lstm_params,
+                                                      videos)
+    p = results['prediction']
+    visualize.plot_per_step({config.loss.name: (p['ssim_mean'], p['ssim_ci95'])},
+                            os.path.join(out_dir, 'ssim.png'), 'SSIM')
+    visualize.plot_per_step({config.loss.name: (p['psnr_mean'], p['psnr_ci95'])},
+                            os.path.join(out_dir, 'psnr.png'), 'PSNR (dB)')
+  results['files'] = write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir)
+  with open(os.path.join(out_dir, 'metrics.json'), 'w') as fh:
+    json.dump(_jsonable(results), fh, indent=2)
+  with open(os.path.join(out_dir, 'report.md'), 'w') as fh:
+    fh.write(render_report(config, results))
+  return results
+
+
+def render_report(config, results: dict) -> str:
+  """The markdown report: MIG table in the paper's Table 1 format, then pictures."""
+  m = results['mig']['paper']
+  lines = [
+      f'# {config.data.name}: {config.loss.name}',
+      '',
+      f'Autoencoder step {results["ae_step"]}'
+      + (f', LSTM step {results["lstm_step"]}' if results['lstm_step'] is not None else
+         ', no LSTM yet') + '.',
+      '',
+      '## Disentanglement (nats; SPEC eq. 8, signed, whole latent vectors)',
+      '',
+      '| Experiment | I(fc;zc) | I(fc;zp) | I(fp;zc) | I(fp;zp) | MIG |',
+      '|---|---|---|---|---|---|',
+      f'| {config.loss.name} | {m["I_fc_zc"]:.4f} | {m["I_fc_zp"]:.4f} | '
+      f'{m["I_fp_zc"]:.4f} | {m["I_fp_zp"]:.4f} | {m["mig"]:.4f} |',
+      '',
+      f'H(fc) = {m["H_fc"]:.4f} ({m["H_estimator_fc"]}), H(fp) = {m["H_fp"]:.4f} '
+      f'({m["H_estimator_fp"]}); estimators: fc {m["estimator_fc"]}, fp '
+      f'{m["estimator_fp"]}; {results["mig"]["n_samples"]} test frames, k = 3. '
+      f'Classic per-dimension MIG (20 bins): {results["mig"]["classic"]["mig"]:.4f}.',
+      '',
+      '## Analogies',
+      '',
+      'Top row: pose source; left column: content sources; cell (i, j): content of row i '
+      'with the pose of column j.',
+      '',
+      '![analogy](analogy.png)',
+      '',
+      '## Reconstructions',
+      '',
+      '![reconstruction](reconstruction.png)',
+      '',
+  ]
+  if 'prediction' in results:
+    p = results['prediction']
+    steps = len(p['ssim_mean'])
+    lines += [
+        f'## Prediction ({p["n_videos"]} fixed test videos, {steps} future frames)',
+        '',
+        '| step | ' + ' | '.join(str(i + 1) for i in range(steps)) + ' |',
+        '|---|' + '---|' * steps,
+        '| SSIM | ' + ' | '.join(f'{v:.3f}' for v in p['ssim_mean']) + ' |',
+        '| PSNR | ' + ' | '.join(f'{v:.2f}' for v in p['psnr_mean']) + ' |',
+        '',
+        f'Protocol: {p["protocol"]}',
+        '',
+        '![ssim](ssim.png) ![psnr](psnr.png)',
+        '',
+        '![prediction](prediction.gif)',
+        '',
+        '![prediction](prediction.png)',
+        '',
+    ]
+  return '\n'.join(lines)
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return x

@@ -1,0 +1,1 @@
+"""Evaluation metrics: MIG (paper and classic) and frame-prediction quality."""

@@ -1,0 +1,286 @@
+"""The whole run: autoencoder, then pose LSTM, then evaluation, each resumable.
+
+`train_and_evaluate(config, workdir)` is what `python -m experiments.main` calls; the
+stage functions are importable on their own (a notebook can run one stage).
+
+Resumption is exact: a stage's state holds its step; the data for step s is drawn from
+`fold_in(data_key, s)` and the step's own randomness from `fold_in(step_key, s)`, so a
+run stopped and resumed at any checkpoint produces the same parameters as one that
+never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mipae_jax import checkpoint, configuration, data, parallel, train
+from mipae_jax.logger import MetricLogger, ProgressBar, check_finite
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+
+@dataclasses.dataclass
+class StageResult:
+  state: object
+  step: int
+  seconds: float
+  steps_run: int
+
+
+def root_keys(config):
+  """Named key streams of a run, all derived from `config.seed`."""
+  root = jax.random.key(config.seed)
+  names = ('ae_init', 'ae_data', 'ae_step', 'lstm_init', 'lstm_data', 'lstm_step')
+  return dict(zip(names, jax.random.split(root, len(names)), strict=True))
+
+
+def is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+def make_batch_fn(config, source, mesh, stage: str):
+  """`batch(key) -> {'video', 'critic_video'?}` global batch split over `mesh`.
+
+  On-device sources sample inside one jitted program whose output is already laid
+  out over the devices; host sources (MPI3D) sample with numpy and are then placed.
+  The autoencoder stage draws two batches per iteration (SPEC: the model step uses a
+  new batch); the LSTM stage one.
+  """
+  b = config.batch_size
+  sharding = NamedSharding(mesh, P(parallel.AXIS))
+
+  def sample(key):
+    if stage == 'lstm':
+      return {'video': source.sample_batch(key, b, 'train')[0]}
+    k_model, k_critic = jax.random.split(key)
+    return {'video': source.sample_batch(k_model, b, 'train')[0],
+            'critic_video': source.sample_batch(k_critic, b, 'train')[0]}
+
+  if source.on_device:
+    return jax.jit(sample, out_shardings=sharding)
+  return lambda key: jax.device_put(jax.tree_util.tree_map(np.asarray, sample(key)), sharding)
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """Turns SIGTERM/SIGINT into a flag the training loop polls, so a preempted run
+  saves a checkpoint at a step boundary instead of dying mid-write."""
+  flag = {'stop': None}
+
+  def handler(signum, _frame):
+    flag['stop'] = signal.Signals(signum).name
+
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
+      pass
+  try:
+    yield flag
+  finally:
+    for sig, h in previous.items():
+      signal.signal(sig, h)
+
+
+def _host_metrics(metrics):
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, step_key,
+              num_steps: int, extra_args=()) -> StageResult:
+  """The loop shared by both stages: restore, step, log, check, save.
+
+  Args:
+    init_state: a fresh state (used when the workdir has no checkpoint of `stage`).
+    step_fn: the jitted data-parallel step; called as
+      `step_fn(state, *extra_args, batch, step_key)`.
+    batch_fn: `key -> global batch`, given `fold_in(data_key, step)`.
+  """
+  tc = config.train
+  store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
+                                     enabled=is_chief())
+  state, start = init_state, 0
+  if store.latest_step() is not None:
+    abstract = jax.eval_shape(lambda: init_state)
+    state, _, start = store.restore(abstract)
+    log.info('%s: resumed from step %d in %s', stage, start, store.directory)
+  data_key = jax.random.fold_in(step_key, 0x5EED)  # The stage's data stream.
+  metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
+  t0, step = time.time(), start
+  last_metrics, shown = {}, start
+  try:
+    with stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar:
+      while step < num_steps:
+        batch = batch_fn(jax.random.fold_in(data_key, step))
+        state, metrics = step_fn(state, *extra_args, batch, step_key)
+        step += 1
+        at_log = step % tc.log_every == 0 or step == num_steps
+        at_ckpt = step % tc.ckpt_every == 0 or step == num_steps or stop['stop']
+        if at_log or at_ckpt:
+          # Fetch (and check) before saving, so a diverged state is never written.
+          last_metrics = _host_metrics(metrics)
+          check_finite(step, last_metrics, stage, checkpoint_dir=store.directory)
+          metric_logger.write_scalars(step, last_metrics)
+          bar.update(step - shown, last_metrics)
+          shown = step
+        if at_ckpt:
+          store.save(step, state, metadata={'metrics': last_metrics})
+        if stop['stop']:
+          raise Preempted(
+              f'{stop["stop"]} received: saved the {stage} stage at step {step} in '
+              f'{store.directory}. Run the same command again to resume.')
+  finally:
+    metric_logger.close()
+    store.close()
+  return StageResult(state, step, time.time() - t0, step - start)
+
+
+def train_autoencoder(config, workdir: str, source=None, mesh=None) -> StageResult:
+  """Stage 1: MIPAE (or DRNET/SMILE) autoencoder with its critic."""
+  keys = root_keys(config)
+  mesh = parallel.local_mesh() if mesh is None else mesh
+  source = data.make_source(config.data) if source is None else source
+  step_fn = parallel.make_train_step(config, 'ae', 'shard_map', mesh)
+  init = train.create_train_state(config, keys['ae_init'])
+  return run_stage(config, workdir, 'ae', init, step_fn,
+                   make_batch_fn(config, source, mesh, 'ae'), keys['ae_step'],
+                   config.train.ae_steps)
+
+
+def restore_autoencoder(config, workdir: str) -> train.AEState:
+  """The newest autoencoder checkpoint of `workdir` (error if there is none)."""
+  store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
+  try:
+    if store.latest_step() is None:
+      raise FileNotFoundError(
+          f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
+          f'need a trained autoencoder. Run `python -m experiments.main --config=... '
+          f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
+    abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
+                              jax.random.key(0))
+    return store.restore(abstract)[0]
+  finally:
+    store.close()
+
+
+def restore_lstm(config, workdir: str):
+  """The newest LSTM state of `workdir`, or None if the stage has not run."""
+  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
+  try:
+    if store.latest_step() is None:
+      return None
+    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
+                              jax.random.key(0))
+    return store.restore(abstract)[0]
+  finally:
+    store.close()
+
+
+def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, source=None,
+               mesh=None) -> StageResult:
+  """Stage 2: the pose LSTM on the frozen autoencoder of the same workdir."""
+  keys = root_keys(config)
+  mesh = parallel.local_mesh() if mesh is None else mesh
+  source = data.make_source(config.data) if source is None else source
+  if ae_state is None:
+    ae_state = restore_autoencoder(config, workdir)
+  ae_variables = jax.device_put(train.autoencoder_variables(ae_state),
+                                NamedSharding(mesh, P()))
+  step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
+  init = train.create_lstm_state(config, keys['lstm_init'])
+  return run_stage(config, workdir, 'lstm', init, step_fn,
+                   make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_step'],
+                   config.train.lstm_steps, extra_args=(ae_variables,))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) every stage in `workdir`; returns the evaluation metrics."""
+  from mipae_jax import evaluate  # Heavy plotting imports only when evaluating.
+
+  configuration.validate(config, num_devices=jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  if is_chief():
+    if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+      checkpoint.check_config(workdir, config)
+    checkpoint.record_config(workdir, config)
+  source = data.make_source(config.data)
+  mesh = parallel.local_mesh()
+  timings = {}
+  ae = train_autoencoder(config, workdir, source, mesh)
+  timings['ae'] = _timing(ae)
+  lstm_state = None
+  if config.train.lstm_steps > 0:
+    lstm = train_lstm(config, workdir, ae.state, source, mesh)
+    lstm_state, timings['lstm'] = lstm.state, _timing(lstm)
+  if not is_chief():
+    return {}
+  return evaluate.evaluate(config, workdir, ae.state, lstm_state, source=source,
+                           timings=timings)
+
+
+def _timing(result: StageResult) -> dict:
+  rate = result.steps_run / result.seconds if result.seconds > 0 and result.steps_run else 0.0
+  return {'steps': result.step, 'steps_this_run': result.steps_run,
+          'seconds': round(result.seconds, 2), 'steps_per_second': round(rate, 3)}
+
+
+def load_config(workdir: str):
+  """The config a workdir was started with (its `config.json`)."""
+  import json
+
+  import ml_collections
+
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str, overrides=()) -> dict:
+  """Evaluates the newest checkpoints of `workdir`; `overrides` like 'eval.seed=3'
+  may change `eval.*` fields only (the networks are fixed by the run)."""
+  import ast
+
+  from mipae_jax import evaluate
+
+  config = load_config(workdir)
+  for item in overrides:
+    field, _, value = item.partition('=')
+    if not field.startswith('eval.') or not value:
+      raise ValueError(f'override {item!r}: expected eval.<field>=<value>.')
+    config.eval[field[len('eval.'):]] = ast.literal_eval(value)
+  configuration.validate(config, num_devices=1)
+  ae_state = restore_autoencoder(config, workdir)
+  return evaluate.evaluate(config, workdir, ae_state, restore_lstm(config, workdir))
+
+
+def print_summary(workdir: str, results: dict) -> None:
+  if not results:
+    return
+  m = results['mig']['paper']
+  print(f'MIG {m["mig"]:.4f} (I(fc;zc) {m["I_fc_zc"]:.3f}, I(fc;zp) {m["I_fc_zp"]:.3f}, '
+        f'I(fp;zc) {m["I_fp_zc"]:.3f}, I(fp;zp) {m["I_fp_zp"]:.3f}); '
+        f'classic MIG {results["mig"]["classic"]["mig"]:.4f}')
+  if 'prediction' in results:
+    p = results['prediction']
+    print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')
+    print(f'PSNR per future step: {" ".join(f"{v:.2f}" for v in p["psnr_mean"])}')
+  print(f'Report: {os.path.join(workdir, "eval", "report.md")}')
