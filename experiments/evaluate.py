@@ -19,6 +19,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax logs every file at INFO.
   results = pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.override)
   pipeline.print_summary(FLAGS.workdir, results)
 

@@ -30,6 +30,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax logs every file at INFO.
   if FLAGS.coordinator or FLAGS.num_processes:
     import jax
     jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)

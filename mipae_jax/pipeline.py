@@ -103,7 +103,7 @@ def _host_metrics(metrics):
 
 
 def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, step_key,
-              num_steps: int, extra_args=()) -> StageResult:
+              num_steps: int, mesh, extra_args=()) -> StageResult:
   """The loop shared by both stages: restore, step, log, check, save.
 
   Args:
@@ -120,6 +120,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, s
     abstract = jax.eval_shape(lambda: init_state)
     state, _, start = store.restore(abstract)
     log.info('%s: resumed from step %d in %s', stage, start, store.directory)
+  # The state is replicated over the mesh, as the data-parallel step expects.
+  state = jax.device_put(state, NamedSharding(mesh, P()))
   data_key = jax.random.fold_in(step_key, 0x5EED)  # The stage's data stream.
   metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
   t0, step = time.time(), start
@@ -160,7 +162,7 @@ def train_autoencoder(config, workdir: str, source=None, mesh=None) -> StageResu
   init = train.create_train_state(config, keys['ae_init'])
   return run_stage(config, workdir, 'ae', init, step_fn,
                    make_batch_fn(config, source, mesh, 'ae'), keys['ae_step'],
-                   config.train.ae_steps)
+                   config.train.ae_steps, mesh)
 
 
 def restore_autoencoder(config, workdir: str) -> train.AEState:
@@ -206,7 +208,7 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   init = train.create_lstm_state(config, keys['lstm_init'])
   return run_stage(config, workdir, 'lstm', init, step_fn,
                    make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_step'],
-                   config.train.lstm_steps, extra_args=(ae_variables,))
+                   config.train.lstm_steps, mesh, extra_args=(ae_variables,))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

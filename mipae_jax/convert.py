@@ -1,0 +1,262 @@
+"""Weights of the published PyTorch MIPAE code -> mipae_jax parameter trees.
+
+  sds = load_torch_checkpoint('dsprites-400.pth')          # never unpickles code
+  params, batch_stats = from_torch_state_dict(sds, config)
+  # params: {'content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm'} (those given)
+  # batch_stats: {'content_encoder', 'pose_encoder', 'decoder'} (BN running statistics)
+
+The published checkpoint is one dict holding a `state_dict` per network under
+`content_encoder`, `position_encoder`, `decoder`, `discriminator` (autoencoder run) or
+`lstm` (LSTM run), next to optimiser states and counters, which are ignored. Both those
+names and the mipae_jax names (`pose_encoder`, `critic`) are accepted.
+
+Layouts: conv weights `[out, in, kh, kw]` -> `[kh, kw, in, out]`; transposed-conv weights
+`[in, out, kh, kw]` -> `[kh, kw, in, out]` (see `mipae_jax.layers`); linear weights
+`[out, in]` -> `[in, out]`; BatchNorm weight/bias/running_mean/running_var -> scale/bias
+(params) and mean/var (batch_stats). `num_batches_tracked` is not used (momentum is fixed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from mipae_jax.models import build_models, dcgan_num_blocks, uses_skips
+
+# Published checkpoint names -> mipae_jax names.
+ALIASES = {'position_encoder': 'pose_encoder', 'discriminator': 'critic'}
+NETWORKS = ('content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm')
+_BN_STATS = ('content_encoder', 'pose_encoder', 'decoder')
+
+
+class ConversionError(ValueError):
+  """A state_dict that does not fit the configured networks (names or shapes)."""
+
+
+# ------------------------------------------------------------ Name mapping rules.
+# Each rule maps a mipae_jax module path ('/'-joined) to (torch module prefix, kind).
+# kind picks the leaf names and the weight transpose.
+
+
+def _dcgan_rules(net: str, n: int):
+  if net == 'content_encoder':
+    return [(r'c(\d+)/conv', r'c\1.main.0', 'conv'), (r'c(\d+)/bn', r'c\1.main.1', 'bn'),
+            (f'c{n + 1}_conv', f'c{n + 1}.0', 'conv'), (f'c{n + 1}_bn', f'c{n + 1}.1', 'bn')]
+  if net == 'pose_encoder':
+    return [(r'c(\d+)/conv', lambda m: f'main.{int(m[1]) - 1}.main.0', 'conv'),
+            (r'c(\d+)/bn', lambda m: f'main.{int(m[1]) - 1}.main.1', 'bn'),
+            (f'c{n + 1}_conv', f'main.{n}', 'conv'), (f'c{n + 1}_bn', f'main.{n + 1}', 'bn')]
+  return [('upc1_conv', 'upc1.0', 'convT'), ('upc1_bn', 'upc1.1', 'bn'),
+          (r'upc(\d+)/conv', r'upc\1.main.0', 'convT'), (r'upc(\d+)/bn', r'upc\1.main.1', 'bn'),
+          (f'upc{n + 1}_conv', f'upc{n + 1}.0', 'convT')]
+
+
+def _vgg_rules(net: str):
+  if net == 'content_encoder':
+    return [(r'c(\d)_(\d)/conv', r'c\1.\2.main.0', 'conv'),
+            (r'c(\d)_(\d)/bn', r'c\1.\2.main.1', 'bn'),
+            ('c5_conv', 'c5.0', 'conv'), ('c5_bn', 'c5.1', 'bn')]
+  if net == 'pose_encoder':  # ResNet-18 style, every key under `main.`.
+    return [(r'layer(\d)_(\d)/downsample_conv', r'main.layer\1.\2.downsample.0', 'conv'),
+            (r'layer(\d)_(\d)/downsample_bn', r'main.layer\1.\2.downsample.1', 'bn'),
+            (r'layer(\d)_(\d)/(conv\d)', r'main.layer\1.\2.\3', 'conv'),
+            (r'layer(\d)_(\d)/(bn\d)', r'main.layer\1.\2.\3', 'bn'),
+            (r'(conv1|conv_out)', r'main.\1', 'conv'), (r'(bn1|bn_out)', r'main.\1', 'bn')]
+  return [('upc1_conv', 'upc1.0', 'convT'), ('upc1_bn', 'upc1.1', 'bn'),
+          (r'upc(\d)_(\d)/conv', r'upc\1.\2.main.0', 'conv'),
+          (r'upc(\d)_(\d)/bn', r'upc\1.\2.main.1', 'bn'),
+          ('upc5_out', 'upc5.1', 'convT')]
+
+
+_CRITIC_RULES = [(r'fc(\d)', lambda m: f'main.{2 * (int(m[1]) - 1)}', 'dense')]
+_LSTM_RULES = [('embed', 'embed', 'dense'), ('output', 'output.0', 'dense'),
+               (r'lstm(\d+)/input', r'lstm.\1', 'lstm_ih'),
+               (r'lstm(\d+)/hidden', r'lstm.\1', 'lstm_hh')]
+
+# kind -> {mipae_jax leaf: (torch suffix, numpy transform of the torch array)}.
+_KINDS = {
+    'conv': {'kernel': ('weight', lambda w: w.transpose(2, 3, 1, 0)), 'bias': ('bias', None)},
+    'convT': {'kernel': ('weight', lambda w: w.transpose(2, 3, 0, 1)), 'bias': ('bias', None)},
+    'dense': {'kernel': ('weight', lambda w: w.T), 'bias': ('bias', None)},
+    'lstm_ih': {'kernel': ('weight_ih', lambda w: w.T), 'bias': ('bias_ih', None)},
+    'lstm_hh': {'kernel': ('weight_hh', lambda w: w.T), 'bias': ('bias_hh', None)},
+    'bn': {'scale': ('weight', None), 'bias': ('bias', None),
+           'mean': ('running_mean', None), 'var': ('running_var', None)},
+}
+_IGNORED_SUFFIXES = ('num_batches_tracked',)
+
+
+def _rules(net: str, config):
+  if net == 'critic':
+    return _CRITIC_RULES
+  if net == 'lstm':
+    return _LSTM_RULES
+  if config.model.arch == 'dcgan':
+    return _dcgan_rules(net, dcgan_num_blocks(config.data.image_size))
+  return _vgg_rules(net)
+
+
+def torch_key(net: str, jax_path: tuple[str, ...], config) -> tuple[str, object]:
+  """The published state_dict key of one mipae_jax leaf, and the transform to apply.
+
+  `jax_path` is the leaf's path inside the network's params (or batch_stats) tree, e.g.
+  `('c1', 'conv', 'kernel')` -> `('c1.main.0.weight', transpose)`.
+  """
+  module, leaf = '/'.join(jax_path[:-1]), jax_path[-1]
+  for pattern, prefix, kind in _rules(net, config):
+    m = re.fullmatch(pattern, module)
+    if m and leaf in _KINDS[kind]:
+      prefix = prefix(m) if callable(prefix) else m.expand(prefix)
+      suffix, fn = _KINDS[kind][leaf]
+      return f'{prefix}.{suffix}', fn
+  raise ConversionError(f'{net}: no published name for mipae_jax parameter '
+                        f'{"/".join(jax_path)} (arch={config.model.arch!r}).')
+
+
+# ------------------------------------------------------------------- Templates.
+
+
+def _templates(config) -> dict[str, tuple[dict, dict]]:
+  """Abstract (params, batch_stats) of every network for `config`."""
+  m = build_models(config.model, config.data)
+  s, c = config.data.image_size, config.data.channels
+  x = jax.ShapeDtypeStruct((1, s, s, c), jnp.float32)
+  z_p = jax.ShapeDtypeStruct((1, config.model.pose_dim), jnp.float32)
+  key = jax.random.key(0)
+
+  def decoder_init():
+    zc, skips = m['content_encoder'].apply(
+        m['content_encoder'].init(key, jnp.zeros(x.shape), train=False),
+        jnp.zeros(x.shape), train=False)
+    return m['decoder'].init(key, zc, jnp.zeros(z_p.shape),
+                             skips if uses_skips(config.model) else None, train=False)
+
+  lstm_in = jnp.zeros((1, config.model.pose_dim + config.model.content_dim))
+  inits = {
+      'content_encoder': lambda: m['content_encoder'].init(key, jnp.zeros(x.shape), train=False),
+      'pose_encoder': lambda: m['pose_encoder'].init(key, jnp.zeros(x.shape), train=False),
+      'decoder': decoder_init,
+      'critic': lambda: m['critic'].init(key, jnp.zeros(z_p.shape), jnp.zeros(z_p.shape)),
+      'lstm': lambda: m['lstm'].init(key, m['lstm'].initial_carry(1), lstm_in),
+  }
+  out = {}
+  for net, init in inits.items():
+    v = jax.eval_shape(init)
+    out[net] = (v['params'], v.get('batch_stats', {}))
+  return out
+
+
+# ------------------------------------------------------------------ Conversion.
+
+
+def _as_numpy(v) -> np.ndarray:
+  if hasattr(v, 'detach'):  # A torch tensor; avoid importing torch here.
+    v = v.detach().cpu().numpy()
+  return np.asarray(v)
+
+
+def _strip_module_prefix(sd: Mapping) -> Mapping:
+  """State dicts saved from `nn.DataParallel` prefix every key with `module.`."""
+  if sd and all(k.startswith('module.') for k in sd):
+    return {k[len('module.'):]: v for k, v in sd.items()}
+  return sd
+
+
+def _convert_tree(net, template, sd, config, used):
+  flat = traverse_util.flatten_dict(template)
+  out = {}
+  for path, leaf in flat.items():
+    key, fn = torch_key(net, path, config)
+    if key not in sd:
+      raise ConversionError(f'{net}: missing key {key!r} (for mipae_jax {"/".join(path)}). '
+                            f'Check config.model (arch, nf, dims, skips) and config.data '
+                            f'(image_size, channels) against the checkpoint.')
+    value = _as_numpy(sd[key]).astype(np.float32)
+    if fn is not None:
+      value = fn(value)
+    if value.shape != tuple(leaf.shape):
+      raise ConversionError(
+          f'{net}: {key!r} has shape {tuple(_as_numpy(sd[key]).shape)}, which converts to '
+          f'{value.shape}, but mipae_jax {"/".join(path)} expects {tuple(leaf.shape)}. '
+          f'Check config.model (nf, content_dim, pose_dim, skips, critic_width, lstm_hidden) '
+          f'and config.data.channels.')
+    used.add(key)
+    out[path] = jnp.asarray(np.ascontiguousarray(value))
+  return traverse_util.unflatten_dict(out)
+
+
+def from_torch_state_dict(state_dicts: Mapping[str, Mapping], config) -> tuple[dict, dict]:
+  """Converts published PyTorch state_dicts into mipae_jax (params, batch_stats).
+
+  Args:
+    state_dicts: `{network name: state_dict}` for any subset of the networks; names as in
+      the published checkpoint (`content_encoder`, `position_encoder`, `decoder`,
+      `discriminator`, `lstm`) or mipae_jax's (`pose_encoder`, `critic`). Values are torch
+      tensors or arrays. Other entries of a checkpoint (optimiser states) must be left out;
+      `load_torch_checkpoint` does that.
+    config: the mipae_jax run config the weights are for (`config.model`, `config.data`).
+  Returns:
+    (params, batch_stats): `params[net]` for every network given, `batch_stats[net]` for
+    the given ones among content_encoder, pose_encoder, decoder.
+  Raises:
+    ConversionError: unknown network name, missing or unexpected keys, shape mismatch.
+  """
+  templates = _templates(config)
+  params, stats = {}, {}
+  for name, sd in state_dicts.items():
+    net = ALIASES.get(name, name)
+    if net not in NETWORKS:
+      raise ConversionError(f'unknown network {name!r}; expected some of '
+                            f'{NETWORKS + tuple(ALIASES)}.')
+    if net in params:
+      raise ConversionError(f'network {net!r} given twice (as {name!r} and an alias).')
+    sd = _strip_module_prefix(sd)
+    used: set[str] = set()
+    p_template, s_template = templates[net]
+    params[net] = _convert_tree(net, p_template, sd, config, used)
+    if net in _BN_STATS:
+      stats[net] = _convert_tree(net, s_template, sd, config, used)
+    unexpected = sorted(k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    if unexpected:
+      more = f' (+{len(unexpected) - 8} more)' if len(unexpected) > 8 else ''
+      raise ConversionError(
+          f'{name}: unexpected keys {unexpected[:8]}{more}: the checkpoint has layers the '
+          f'configured network lacks (arch={config.model.arch!r}, skips='
+          f'{config.model.skips!r}, image_size={config.data.image_size}).')
+  return params, stats
+
+
+def load_torch_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
+  """The network state_dicts of a published checkpoint (`.pth`), as numpy arrays.
+
+  Loads with `torch.load(..., weights_only=True)`: only tensors and plain containers are
+  unpickled, so a checkpoint from someone else cannot run code. Entries that are not a
+  network state_dict (optimiser states, `global_itr`) are dropped. A bare state_dict (of
+  one network) is returned as `{'': state_dict}`.
+  """
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError('load_torch_checkpoint needs PyTorch to read .pth files: '
+                      "pip install 'mipae_jax[bench]' (torch==2.13.0) or any torch>=2.0.") from e
+  ckpt = torch.load(path, map_location='cpu', weights_only=True)
+  if not isinstance(ckpt, Mapping):
+    raise ConversionError(f'{path}: expected a dict checkpoint, found {type(ckpt).__name__}.')
+
+  def is_state_dict(v):
+    return isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+
+  if is_state_dict(ckpt):
+    return {'': {k: _as_numpy(v) for k, v in ckpt.items()}}
+  nets = {name: {k: _as_numpy(t) for k, t in sd.items()}
+          for name, sd in ckpt.items() if is_state_dict(sd)
+          and ALIASES.get(name, name) in NETWORKS}
+  if not nets:
+    raise ConversionError(f'{path}: no network state_dict found (top-level keys: '
+                          f'{sorted(map(str, ckpt))}).')
+  return nets

@@ -1,0 +1,212 @@
+"""Parity with the PyTorch reference: published-layout weights -> mipae_jax, same outputs.
+
+Every network is built in PyTorch (`benchmarks/torch_reference.py`, published state_dict
+key names), given random weights and BatchNorm statistics, converted with
+`mipae_jax.convert.from_torch_state_dict` and run on the same inputs in both frameworks,
+in inference mode and in training mode (batch statistics). Narrow networks keep it fast.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    'torch', reason='PyTorch is not installed (pip install -e .[bench] pins torch==2.13.0); '
+    'the conversion parity test needs it.')
+
+from benchmarks import torch_reference as ref  # noqa: E402
+from experiments.configs import default  # noqa: E402
+from mipae_jax import convert, models  # noqa: E402
+
+TOL = 1e-4
+B = 4
+
+
+def small_config(arch='dcgan', skips=False):
+  c = default.get_config()
+  c.model.arch = arch
+  c.model.nf = 8
+  c.model.content_dim = 16
+  c.model.pose_dim = 10 if arch == 'vgg' else 5
+  c.model.skips = skips
+  c.model.critic_width = 32
+  c.model.lstm_hidden = 16
+  return c
+
+
+def randomise(net, seed):
+  """Random weights and BN statistics, so a swapped or untransposed tensor shows."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, t in net.state_dict().items():
+      if name.endswith('num_batches_tracked'):
+        continue
+      if name.endswith('running_var'):
+        t.copy_(0.5 + torch.rand(t.shape, generator=g))
+      elif name.endswith(('running_mean', 'bias')):
+        t.copy_(0.1 * torch.randn(t.shape, generator=g))
+      elif t.ndim == 1:  # BN scale.
+        t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=g))
+      else:
+        fan_in = t[0].numel() if t.ndim > 1 else 1
+        t.copy_(torch.randn(t.shape, generator=g) / fan_in ** 0.5)
+  return net
+
+
+def nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t):
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def close(a, b, what):
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape, (what, a.shape, b.shape)
+  err = float(np.max(np.abs(a - b)))
+  assert err <= TOL, f'{what}: max abs difference {err:.2e} > {TOL}'
+
+
+def torch_bn_stats(net):
+  return {k: v.numpy().copy() for k, v in net.state_dict().items()
+          if k.endswith(('running_mean', 'running_var'))}
+
+
+def check_running_stats(net_t, before, stats_jax_new, net_name, config):
+  """Train-mode running statistics: mean exactly; var up to torch's n/(n-1) correction
+  (torch updates running_var with the unbiased batch variance, flax with the biased
+  one; the ratio of the variance increments is n/(n-1), n = elements per channel)."""
+  after = torch_bn_stats(net_t)
+  flat = jax.tree_util.tree_flatten_with_path(stats_jax_new)[0]
+  mapped = 0
+  for path, value in flat:
+    names = tuple(p.key for p in path)
+    key, _ = convert.torch_key(net_name, names, config)
+    if names[-1] == 'mean':
+      close(value, after[key], f'{net_name} running mean {key}')
+    else:
+      inc_t = after[key] - 0.9 * before[key]
+      inc_j = np.asarray(value) - 0.9 * before[key]
+      ratio = inc_t / inc_j
+      assert np.all((ratio > 1.0 - 1e-4) & (ratio < 1.6)), (key, ratio.min(), ratio.max())
+    mapped += 1
+  assert mapped == len(after)
+
+
+@pytest.mark.parametrize('arch,skips', [('dcgan', False), ('dcgan', True), ('vgg', True)])
+def test_autoencoder_parity(arch, skips):
+  config = small_config(arch, skips)
+  nets_t = ref.build(config)
+  for i, net in enumerate(nets_t.values()):
+    randomise(net, i)
+  sds = {'content_encoder': nets_t['content_encoder'].state_dict(),
+         'position_encoder': nets_t['pose_encoder'].state_dict(),
+         'decoder': nets_t['decoder'].state_dict(),
+         'discriminator': nets_t['critic'].state_dict()}
+  params, stats = convert.from_torch_state_dict(sds, config)
+  m = models.build_models(config.model, config.data)
+  rng = np.random.default_rng(0)
+  x = rng.random((B, 64, 64, 3), dtype=np.float32)
+  use_skips = models.uses_skips(config.model)
+
+  for train in (False, True):
+    before = {n: torch_bn_stats(nets_t[n]) for n in convert._BN_STATS}
+    for net in nets_t.values():
+      net.train(train)
+    mutable = ['batch_stats'] if train else False
+
+    def apply(net, *args):
+      v = {'params': params[net]}
+      if net in stats:
+        v['batch_stats'] = stats[net]
+      kw = {'train': train, 'mutable': mutable} if net in stats else {}
+      out = m[net].apply(v, *args, **kw)
+      return out if train and net in stats else (out, None)
+
+    with torch.no_grad():
+      zc_t, skips_t = nets_t['content_encoder'](nchw(x))
+      zp_t = nets_t['pose_encoder'](nchw(x))
+      y_t = nets_t['decoder'](zc_t, zp_t, skips_t if use_skips else None)
+      a_t = torch.from_numpy(rng.standard_normal((B, config.model.pose_dim), np.float32))
+      t_t = nets_t['critic'](zp_t, a_t)
+    (zc_j, skips_j), upd_c = apply('content_encoder', jnp.asarray(x))
+    zp_j, upd_p = apply('pose_encoder', jnp.asarray(x))
+    y_j, upd_d = apply('decoder', zc_j, zp_j, skips_j if use_skips else None)
+    t_j, _ = apply('critic', zp_j, jnp.asarray(a_t.numpy()))
+    mode = 'train' if train else 'eval'
+    close(zc_j, zc_t, f'{arch} content z ({mode})')
+    for i, (s_j, s_t) in enumerate(zip(skips_j, skips_t, strict=True)):
+      close(s_j, nhwc(s_t), f'{arch} content skip {i} ({mode})')
+    close(zp_j, zp_t, f'{arch} pose z ({mode})')
+    close(y_j, nhwc(y_t), f'{arch} decoder ({mode})')
+    close(t_j, t_t, f'{arch} critic ({mode})')
+    if train:
+      for net, upd in (('content_encoder', upd_c), ('pose_encoder', upd_p),
+                       ('decoder', upd_d)):
+        check_running_stats(nets_t[net], before[net], upd['batch_stats'], net, config)
+
+
+def test_lstm_parity():
+  config = small_config()
+  lstm_t = randomise(ref.build(config)['lstm'], 7)
+  params, stats = convert.from_torch_state_dict({'lstm': lstm_t.state_dict()}, config)
+  assert stats == {}
+  lstm_j = models.build_models(config.model, config.data)['lstm']
+  rng = np.random.default_rng(1)
+  xs = rng.standard_normal((6, B, 21), np.float32)
+  hidden_t = lstm_t.init_hidden(B)
+  carry_j = lstm_j.initial_carry(B)
+  step = jax.jit(lambda c, x: lstm_j.apply({'params': params['lstm']}, c, x))
+  for t in range(xs.shape[0]):
+    with torch.no_grad():
+      out_t, hidden_t = lstm_t(torch.from_numpy(xs[t]), hidden_t)
+    carry_j, out_j = step(carry_j, jnp.asarray(xs[t]))
+    close(out_j, out_t, f'lstm output step {t}')
+    for layer, ((h_t, c_t), (c_j, h_j)) in enumerate(zip(hidden_t, carry_j, strict=True)):
+      close(h_j, h_t, f'lstm h layer {layer} step {t}')
+      close(c_j, c_t, f'lstm c layer {layer} step {t}')
+
+
+def test_conversion_errors():
+  config = small_config()
+  sd = ref.build(config)['pose_encoder'].state_dict()
+  missing = {k: v for k, v in sd.items() if k != 'main.4.weight'}
+  with pytest.raises(convert.ConversionError, match=r"missing key 'main.4.weight'"):
+    convert.from_torch_state_dict({'position_encoder': missing}, config)
+  extra = {**sd, 'main.9.weight': torch.zeros(3)}
+  with pytest.raises(convert.ConversionError, match='unexpected keys'):
+    convert.from_torch_state_dict({'position_encoder': extra}, config)
+  wrong = {**sd, 'main.4.weight': torch.zeros(7, 64, 4, 4)}
+  with pytest.raises(convert.ConversionError, match='shape'):
+    convert.from_torch_state_dict({'position_encoder': wrong}, config)
+  with pytest.raises(convert.ConversionError, match='unknown network'):
+    convert.from_torch_state_dict({'generator': sd}, config)
+
+
+def test_load_torch_checkpoint_published_layout(tmp_path):
+  """A checkpoint shaped like the published one (networks, optimiser states, a counter),
+  saved with DataParallel prefixes on one network, loads with weights_only=True."""
+  config = small_config()
+  nets = ref.build(config)
+  opt = torch.optim.Adam(nets['critic'].parameters())
+  nets['critic'](torch.zeros(2, 5), torch.zeros(2, 5)).sum().backward()
+  opt.step()
+  ckpt = {'global_itr': 3, 'content_encoder': nets['content_encoder'].state_dict(),
+          'position_encoder': {f'module.{k}': v
+                               for k, v in nets['pose_encoder'].state_dict().items()},
+          'decoder': nets['decoder'].state_dict(),
+          'discriminator': nets['critic'].state_dict(),
+          'discriminator_optim': opt.state_dict()}
+  path = os.path.join(tmp_path, 'run-3.pth')
+  torch.save(ckpt, path)
+  sds = convert.load_torch_checkpoint(path)
+  assert sorted(sds) == ['content_encoder', 'decoder', 'discriminator', 'position_encoder']
+  params, stats = convert.from_torch_state_dict(sds, config)
+  assert sorted(params) == ['content_encoder', 'critic', 'decoder', 'pose_encoder']
+  assert sorted(stats) == ['content_encoder', 'decoder', 'pose_encoder']
+  np.testing.assert_array_equal(
+      params['critic']['fc1']['kernel'], nets['critic'].main[0].weight.detach().numpy().T)

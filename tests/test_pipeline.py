@@ -1,0 +1,97 @@
+"""The whole product on the tiny config: stages, files, exact resume, refusals, NaN stop."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import tiny
+from mipae_jax import checkpoint, parallel, pipeline
+from mipae_jax.logger import NonFiniteError
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
+
+
+def test_train_and_evaluate_writes_everything(tmp_path):
+  config = tiny.get_config()
+  workdir = str(tmp_path / 'run')
+  results = pipeline.train_and_evaluate(config, workdir)
+  assert results['ae_step'] == 2 and results['lstm_step'] == 2
+  for name in ('config.json', 'metrics.jsonl', 'eval/report.md', 'eval/metrics.json',
+               'eval/analogy.png', 'eval/reconstruction.png', 'eval/prediction.gif',
+               'eval/prediction.png', 'eval/ssim.png', 'eval/psnr.png'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert checkpoint.CheckpointStore(workdir, 'ae', enabled=False).all_steps() == [1, 2]
+  assert checkpoint.CheckpointStore(workdir, 'lstm', enabled=False).all_steps() == [1, 2]
+  lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert {x['stage'] for x in lines} == {'ae', 'lstm'}
+  assert all(np.isfinite(x['recon_loss']) for x in lines if x['stage'] == 'ae')
+  with open(os.path.join(workdir, 'eval/metrics.json')) as f:
+    saved = json.load(f)
+  assert saved['mig']['n_samples'] == config.eval.mig_samples
+  assert len(saved['prediction']['ssim_mean']) == config.eval.future_frames
+  assert np.all(np.isfinite(saved['prediction']['ssim_mean']))
+  report = open(os.path.join(workdir, 'eval/report.md')).read()
+  assert '| I(fc;zc) | I(fc;zp) | I(fp;zc) | I(fp;zp) | MIG |' in report
+  # A second run of the same command finds every stage done and only re-evaluates.
+  again = pipeline.train_and_evaluate(config, workdir)
+  assert again['timings']['ae']['steps_this_run'] == 0
+  assert again['mig']['paper']['mig'] == pytest.approx(results['mig']['paper']['mig'])
+
+
+def test_resumed_run_is_bit_identical(tmp_path):
+  """4 straight steps == 2 steps, stop, resume, 2 more (same workdir)."""
+  config = tiny.get_config()
+  config.train.ae_steps = 4
+  config.train.ckpt_every = 2
+  straight = pipeline.train_autoencoder(config, str(tmp_path / 'a')).state
+  resumed_dir = str(tmp_path / 'b')
+  config.train.ae_steps = 2
+  pipeline.train_autoencoder(config, resumed_dir)
+  config.train.ae_steps = 4
+  result = pipeline.train_autoencoder(config, resumed_dir)
+  assert result.steps_run == 2
+  assert leaves_equal(straight, result.state)
+
+
+def test_refuses_to_resume_under_a_foreign_config(tmp_path):
+  config = tiny.get_config()
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  checkpoint.record_config(workdir, config)
+  other = tiny.get_config()
+  other.model.nf = 16
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r'model\.nf: 8 -> 16'):
+    pipeline.train_and_evaluate(other, workdir)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real = parallel.make_train_step
+
+  def poisoned(config, stage='ae', *args, **kwargs):
+    step = real(config, stage, *args, **kwargs)
+
+    def wrapped(state, *rest):
+      state, metrics = step(state, *rest)
+      if int(state.step) == 3:
+        metrics = {**metrics, 'sim_loss': metrics['sim_loss'] * np.nan}
+      return state, metrics
+    return wrapped
+
+  monkeypatch.setattr(parallel, 'make_train_step', poisoned)
+  config = tiny.get_config()
+  config.train.ae_steps = 5
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(NonFiniteError, match=r'ae stage step 3: sim_loss=nan'):
+    pipeline.train_autoencoder(config, workdir)
+  assert checkpoint.CheckpointStore(workdir, 'ae', enabled=False).latest_step() == 2
+
+
+def test_lstm_stage_needs_a_trained_autoencoder(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No autoencoder checkpoint'):
+    pipeline.train_lstm(tiny.get_config(), str(tmp_path / 'empty'))
