@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench clean
 
+DEMO_WORKDIR ?= workdirs/demo
+
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -18,6 +20,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks
 	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q tests
+
+# Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate.
+demo: $(STAMP)
+	$(PY) -m experiments.main --config=experiments/configs/demo.py --workdir=$(DEMO_WORKDIR)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.run --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks
