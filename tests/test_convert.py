@@ -119,7 +119,7 @@ def test_autoencoder_parity(arch, skips):
       net.train(train)
     mutable = ['batch_stats'] if train else False
 
-    def apply(net, *args):
+    def apply(net, *args, train=train, mutable=mutable):
       v = {'params': params[net]}
       if net in stats:
         v['batch_stats'] = stats[net]

@@ -1,0 +1,254 @@
+"""mipae_jax against the PyTorch reference, side by side in one process.
+
+  python -m benchmarks.run            # batch 100, 64x64x3, 15 frames; ~10 min on 2 cores
+  python -m benchmarks.run --quick    # fewer repeats, no batch 200; < 3 min
+
+Measures (a) the autoencoder iteration (critic step + model step), (b) the LSTM iteration,
+(c) data: sequences/s of the on-device Moving dSprites stream vs the per-sample numpy loop
+(the published Dataset + DataLoader way), (d) data + AE step end to end. Implementations
+alternate run by run and the medians are compared, because the machine may be shared.
+Also: XLA cost-analysis FLOPs (and torch's FlopCounterMode for the reference), achieved
+GFLOP/s, compile time, memory, and the AE step time at several batch sizes.
+
+Threads: torch uses `--threads` (default 2) intra-op threads; XLA:CPU runs its Eigen pool
+on every core it sees (set `--threads` to the core count for a fair match).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.configs import default
+from mipae_jax import parallel, train
+from mipae_jax.data import dsprites
+
+
+def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
+  """Calls each fn `warmup` times, then `reps` rounds alternating fns; median seconds."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _config(batch: int):
+  c = default.get_config()
+  c.batch_size = batch
+  return c
+
+
+def _videos(source, key, batch):
+  v = source.jit_sample_batch(key, batch, 'train')[0]
+  return np.asarray(v)
+
+
+class JaxAE:
+  """The jitted mipae_jax AE step on one device, compiled ahead of time."""
+
+  def __init__(self, config, video, critic_video):
+    self.state = train.create_train_state(config, jax.random.key(0))
+    self.batch = {'video': jnp.asarray(video), 'critic_video': jnp.asarray(critic_video)}
+    self.key = jax.random.key(1)
+    step = parallel.make_train_step(config, 'ae', 'jit')
+    t0 = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch, self.key).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def __call__(self, batch=None):
+    self.state, m = self.compiled(self.state, self.batch if batch is None else batch, self.key)
+    jax.block_until_ready(m)
+
+
+class JaxLSTM:
+  def __init__(self, config, video):
+    ae = train.create_train_state(config, jax.random.key(0))
+    self.ae_vars = train.autoencoder_variables(ae)
+    self.state = train.create_lstm_state(config, jax.random.key(2))
+    self.batch = {'video': jnp.asarray(video)}
+    step = parallel.make_train_step(config, 'lstm', 'jit')
+    t0 = time.perf_counter()
+    self.compiled = step.lower(self.state, self.ae_vars, self.batch, jax.random.key(0)).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def __call__(self):
+    self.state, m = self.compiled(self.state, self.ae_vars, self.batch, jax.random.key(0))
+    jax.block_until_ready(m)
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  return float(ca.get('flops', float('nan')))
+
+
+def _memory(compiled) -> str:
+  try:
+    m = compiled.memory_analysis()
+    mib = 2 ** 20
+    return (f'args {m.argument_size_in_bytes / mib:.0f} MiB, temps '
+            f'{m.temp_size_in_bytes / mib:.0f} MiB, outputs {m.output_size_in_bytes / mib:.0f} MiB')
+  except Exception as e:  # Not every backend reports it.
+    return f'n/a ({e})'
+
+
+def _torch_flops(fn) -> float:
+  from torch.utils.flop_counter import FlopCounterMode
+  with FlopCounterMode(display=False) as counter:
+    fn()
+  return float(counter.get_total_flops())
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--batch', type=int, default=100)
+  parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
+  parser.add_argument('--reps', type=int, default=0, help='timed rounds (default 5 / 7)')
+  parser.add_argument('--no_torch_channels_last', action='store_true')
+  parser.add_argument('--skip', default='', help='comma list of: ae,lstm,data,e2e,sweep')
+  args = parser.parse_args(argv)
+  import torch
+
+  from benchmarks import torch_reference as ref
+
+  torch.set_num_threads(args.threads)
+  reps = args.reps or (3 if args.quick else 7)
+  skip = set(filter(None, args.skip.split(',')))
+  cl = not args.no_torch_channels_last
+  b = args.batch
+  jae = tae = ae_at_batch = None
+  config = _config(b)
+  t_frames = config.data.input_frames + config.data.target_frames
+  print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores '
+        f'visible; jax {jax.__version__} on {jax.devices()[0].device_kind} '
+        f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}); torch {torch.__version__}, '
+        f'{torch.get_num_threads()} threads, channels_last={cl}')
+  print(f'batch {b}, {t_frames} frames of 64x64x3, {reps} alternating rounds, medians')
+  source = dsprites.MovingDSprites(num_frames=t_frames, channels=3)
+  video = _videos(source, jax.random.key(10), b)
+  critic_video = _videos(source, jax.random.key(11), b)
+  rows = []
+
+  def report(name, s_jax, s_torch, unit='steps/s'):
+    ratio = s_torch / s_jax
+    print(f'{name}: mipae_jax {1 / s_jax:.3f} {unit} ({s_jax * 1e3:.0f} ms) | torch '
+          f'{1 / s_torch:.3f} {unit} ({s_torch * 1e3:.0f} ms)')
+    print(f'ratio {name} jax/torch: {ratio:.2f}')
+    rows.append((name, s_jax, s_torch, ratio))
+
+  if 'ae' not in skip:
+    jae = JaxAE(config, video, critic_video)
+    tae = ref.AutoencoderTrainer(config, channels_last=cl)
+    tv, tcv = ref.video_to_torch(video, cl), ref.video_to_torch(critic_video, cl)
+    med = _median_times({'jax': jae, 'torch': lambda: tae.step(tcv, tv)}, reps)
+    report('ae_iteration', med['jax'], med['torch'])
+    fl = _flops(jae.compiled)
+    tfl = _torch_flops(lambda: tae.step(tcv, tv))
+    print(f'ae_iteration: XLA {fl / 1e9:.1f} GFLOP/iteration -> {fl / med["jax"] / 1e9:.0f} '
+          f'GFLOP/s; torch {tfl / 1e9:.1f} GFLOP -> {tfl / med["torch"] / 1e9:.0f} GFLOP/s; '
+          f'compile {jae.compile_s:.1f} s; memory {_memory(jae.compiled)}')
+    ae_at_batch = (med['jax'], med['torch'])
+
+  if 'lstm' not in skip:
+    jl = JaxLSTM(config, video)
+    tl = ref.LSTMTrainer(config, channels_last=cl)
+    tv = ref.video_to_torch(video, cl)
+    med = _median_times({'jax': jl, 'torch': lambda: tl.step(tv)}, reps)
+    report('lstm_iteration', med['jax'], med['torch'])
+    fl = _flops(jl.compiled)
+    tfl = _torch_flops(lambda: tl.step(tv))
+    print(f'lstm_iteration: XLA {fl / 1e9:.1f} GFLOP/iteration -> {fl / med["jax"] / 1e9:.0f} '
+          f'GFLOP/s; torch {tfl / 1e9:.1f} GFLOP -> {tfl / med["torch"] / 1e9:.0f} GFLOP/s; '
+          f'compile {jl.compile_s:.1f} s; memory {_memory(jl.compiled)}')
+    del jl, tl
+
+  if 'data' not in skip:
+    sample = jax.jit(lambda k: source.sample_batch(k, b, 'train')[0])
+    keys = iter(jax.random.split(jax.random.key(3), 1000))
+    rng = np.random.default_rng(0)
+
+    def device():
+      jax.block_until_ready(sample(next(keys)))
+
+    def loop():  # Per-sample __getitem__, then collate, as the published DataLoader.
+      np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
+
+    med = _median_times({'device': device, 'loop': loop}, max(3, reps // 2))
+    rate_d, rate_l = b / med['device'], b / med['loop']
+    print(f'data: on-device stream {rate_d:.0f} seq/s | per-sample loop {rate_l:.0f} seq/s')
+    print(f'ratio data_stream device/loop: {rate_d / rate_l:.1f}')
+    rows.append(('data_batch', med['device'], med['loop'], med['loop'] / med['device']))
+
+  if 'e2e' not in skip:
+    # mipae_jax: on-device sampling of both batches + step. Reference: the per-sample
+    # loop for both batches (synchronous here: no spare cores for loader workers), a
+    # host->tensor transpose view, and the torch step.
+    if 'ae' in skip:
+      jae = JaxAE(config, video, critic_video)
+      tae = ref.AutoencoderTrainer(config, channels_last=cl)
+    sample2 = jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
+                                 'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
+                                                                     b)[0]})
+    keys = iter(jax.random.split(jax.random.key(4), 1000))
+    rng = np.random.default_rng(1)
+
+    def jax_e2e():
+      jae(sample2(next(keys)))
+
+    def torch_e2e():
+      vids = [np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
+              for _ in range(2)]
+      tae.step(ref.video_to_torch(vids[1], cl), ref.video_to_torch(vids[0], cl))
+
+    med = _median_times({'jax': jax_e2e, 'torch': torch_e2e}, max(3, reps // 2))
+    report('end_to_end', med['jax'], med['torch'])
+
+  if 'sweep' not in skip:
+    sizes = (25, 50, 100) if args.quick else (25, 50, 100, 200)
+    for bs in sizes:
+      if bs == b and 'ae' not in skip:  # Measured above.
+        sj, st = ae_at_batch
+        print(f'batch {bs}: ae_iteration mipae_jax {sj * 1e3:.0f} ms | torch {st * 1e3:.0f} ms '
+              f'| ratio jax/torch {st / sj:.2f}')
+        continue
+      c = _config(bs)
+      v, cv = video[:bs], critic_video[:bs]
+      if bs > b:
+        v = _videos(source, jax.random.key(20), bs)
+        cv = _videos(source, jax.random.key(21), bs)
+      jae = JaxAE(c, v, cv)
+      tae = ref.AutoencoderTrainer(c, channels_last=cl)
+      tv, tcv = ref.video_to_torch(v, cl), ref.video_to_torch(cv, cl)
+      med = _median_times({'jax': jae, 'torch': lambda t=tae, a=tcv, v=tv: t.step(a, v)},
+                          2 if args.quick else 3)
+      print(f'batch {bs}: ae_iteration mipae_jax {med["jax"] * 1e3:.0f} ms (compile '
+            f'{jae.compile_s:.0f} s) | torch {med["torch"] * 1e3:.0f} ms | ratio jax/torch '
+            f'{med["torch"] / med["jax"]:.2f}')
+      del jae, tae
+
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  print(f'peak resident memory of this process (both frameworks): {rss:.2f} GiB')
+  print('\n| measurement | mipae_jax | torch reference | ratio jax/torch (speed) |')
+  print('|---|---|---|---|')
+  for name, sj, st, r in rows:
+    print(f'| {name} | {sj * 1e3:.0f} ms | {st * 1e3:.0f} ms | {r:.2f} |')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,73 @@
+"""Bad configurations are refused before any compute, naming the field and what is allowed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import default, demo, dsprites, mnist, mpi3d, tiny
+from mipae_jax import configuration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_shipped_configs_are_valid():
+  for cfg in (default.get_config(), tiny.get_config(), demo.get_config(),
+              dsprites.get_config('drnet')):
+    configuration.validate(cfg, num_devices=4)
+  assert dsprites.get_config('smile').loss.name == 'smile'
+  assert mnist.get_config().data.name == 'moving_mnist'
+  m = mpi3d.get_config()
+  assert (m.model.arch, m.model.pose_dim, m.data.name) == ('vgg', 10, 'mpi3d')
+  with pytest.raises(ValueError, match="config variant 'gan'"):
+    dsprites.get_config('gan')
+
+
+def edit(**changes):
+  c = tiny.get_config()
+  for dotted, value in changes.items():
+    *path, last = dotted.split('__')
+    node = c
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+@pytest.mark.parametrize('changes,devices,message', [
+    ({'batch_size': 6}, 4, r'config\.batch_size=6 .* multiple of the 4 devices'),
+    ({'batch_size': 0}, 1, r'config\.batch_size=0 .* positive integer'),
+    ({'data__name': 'kth'}, 1, r'config\.data\.name: expected one of'),
+    ({'loss__name': 'infogan'}, 1,
+     r"config\.loss\.name='infogan' .* one of \('mipae', 'drnet', 'smile'\)"),
+    ({'model__arch': 'unet'}, 1, r"config\.model\.arch='unet' .* one of \('dcgan', 'vgg'\)"),
+    ({'model__pose_dim': 0}, 1, r'config\.model\.pose_dim=0 .* positive integer'),
+    ({'model__nf': -8}, 1, r'config\.model\.nf=-8 .* positive integer'),
+    ({'model__dtype': 'float16'}, 1, r"config\.model\.dtype='float16' .*'float32'"),
+    ({'optim__lr': 0.0}, 1, r'config\.optim\.lr=0\.0 .* learning rate > 0'),
+    ({'lstm_optim__b1': 1.5}, 1, r'config\.lstm_optim\.b1=1\.5 .* \[0, 1\)'),
+    ({'loss__beta': -1.0}, 1, r'config\.loss\.beta=-1\.0 .* >= 0'),
+    ({'train__ckpt_every': 0}, 1, r'config\.train\.ckpt_every=0 .* positive integer'),
+    ({'eval__future_frames': 5}, 1,
+     r'config\.eval\.future_frames=5 .* at most data\.target_frames=2'),
+    ({'data__image_size': 48}, 1, r'config\.data\.image_size: expected a divisor of 64'),
+    ({'data__image_size': 8}, 1, r'config\.data\.image_size=8 .* power of two >= 16'),
+    ({'model__arch': 'vgg'}, 1, r'config\.data\.image_size=32 .* 64 for the vgg'),
+    ({'data__input_frames': 1, 'data__target_frames': 0, 'eval__future_frames': 1}, 1,
+     r'expected an int >= 1|input_frames \+ target_frames >= 2'),
+])
+def test_bad_configs_name_the_field(changes, devices, message):
+  with pytest.raises(ValueError, match=message):
+    configuration.validate(edit(**changes), num_devices=devices)
+
+
+def test_command_line_overrides_reach_validation(tmp_path):
+  """`--config.field=value` works, and a bad value stops the run before any compute."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.main', '--config=experiments/configs/tiny.py',
+       '--config.loss.name=infogan', f'--workdir={tmp_path}/run'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "config.loss.name='infogan' is not allowed" in out.stderr
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
