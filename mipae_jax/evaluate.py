@@ -19,8 +19,10 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 
 from mipae_jax import data, predict, train, visualize
+from mipae_jax.logger import MetricLogger
 from mipae_jax.metrics import image as image_metrics
 from mipae_jax.metrics import mig as mig_metrics
 
@@ -148,7 +150,24 @@ def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, sou
     json.dump(_jsonable(results), fh, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as fh:
     fh.write(render_report(config, results))
+  log_to_tensorboard(workdir, results)
   return results
+
+
+def log_to_tensorboard(workdir: str, results: dict) -> None:
+  """Headline numbers as scalars and the PNG pictures as image grids, stage 'eval'."""
+  m = results['mig']['paper']
+  scalars = {k: m[k] for k in ('mig', 'I_fc_zc', 'I_fc_zp', 'I_fp_zc', 'I_fp_zp')}
+  scalars['classic_mig'] = results['mig']['classic']['mig']
+  if 'prediction' in results:
+    scalars['ssim_mean'] = float(np.mean(results['prediction']['ssim_mean']))
+    scalars['psnr_mean'] = float(np.mean(results['prediction']['psnr_mean']))
+  out_dir = os.path.join(workdir, 'eval')
+  images = {name: np.asarray(Image.open(os.path.join(out_dir, f)).convert('RGB'))
+            for name, f in results['files'].items() if f.endswith('.png')}
+  with MetricLogger(workdir, stage='eval') as tb:
+    tb.write_scalars(results['ae_step'], scalars)
+    tb.write_images(results['ae_step'], images)
 
 
 def render_report(config, results: dict) -> str:

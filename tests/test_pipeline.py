@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.configs import tiny
 from mipae_jax import checkpoint, parallel, pipeline
@@ -26,10 +27,16 @@ def test_train_and_evaluate_writes_everything(tmp_path):
                'eval/analogy.png', 'eval/reconstruction.png', 'eval/prediction.gif',
                'eval/prediction.png', 'eval/ssim.png', 'eval/psnr.png'):
     assert os.path.exists(os.path.join(workdir, name)), name
+  for name in os.listdir(os.path.join(workdir, 'eval')):
+    if name.endswith(('.png', '.gif')):
+      with Image.open(os.path.join(workdir, 'eval', name)) as im:
+        im.verify()  # A complete, decodable image file.
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(os.path.join(workdir, 'tensorboard')))
   assert checkpoint.CheckpointStore(workdir, 'ae', enabled=False).all_steps() == [1, 2]
   assert checkpoint.CheckpointStore(workdir, 'lstm', enabled=False).all_steps() == [1, 2]
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert {x['stage'] for x in lines} == {'ae', 'lstm'}
+  assert {x['stage'] for x in lines} == {'ae', 'lstm', 'eval'}
   assert all(np.isfinite(x['recon_loss']) for x in lines if x['stage'] == 'ae')
   with open(os.path.join(workdir, 'eval/metrics.json')) as f:
     saved = json.load(f)
