@@ -10,7 +10,7 @@ The per-device steps in `mipae_jax.train` use explicit collectives over one name
   averaged by the step's own `pmean` (with `check_vma=True` JAX would already have
   summed them, and the explicit `pmean` would count them again).
 - `'pmap'`: `jax.pmap`; the caller replicates the state (`replicate`) and shapes the
-  batch `[D, B/D, ...]` (`split_for_pmap`).
+  batch `[D, B/D, ...]` (`mipae_jax.data.sharding.shard_batch`).
 """
 
 from __future__ import annotations
@@ -92,17 +92,3 @@ def replicate(tree, devices=None):
 def unreplicate(tree):
   """The first device's copy of a replicated tree."""
   return jax.tree_util.tree_map(lambda x: x[0], tree)
-
-
-def split_for_pmap(batch, num_devices: int):
-  """`[B, ...] -> [D, B/D, ...]` for every leaf, with a clear error if B % D != 0."""
-  def split(x):
-    check_divisible(x.shape[0], num_devices)
-    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-  return jax.tree_util.tree_map(split, batch)
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Places a global batch on `mesh`, split along its first axis."""
-  check_divisible(jax.tree_util.tree_leaves(batch)[0].shape[0], mesh.devices.size)
-  return jax.device_put(batch, NamedSharding(mesh, P(AXIS)))

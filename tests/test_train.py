@@ -9,6 +9,7 @@ import pytest
 
 from experiments.configs import tiny
 from mipae_jax import parallel, train
+from mipae_jax.data import sharding
 
 
 def squares(batch, frames, size, channels, seed=0):
@@ -117,7 +118,7 @@ def test_one_step_is_the_same_on_one_and_four_devices(config):
   ref, ref_m = parallel.make_train_step(cfg, mode='jit', donate=False)(st, batch, key)
   sm, sm_m = parallel.make_train_step(cfg, mode='shard_map', donate=False)(st, batch, key)
   pm, pm_m = parallel.make_train_step(cfg, mode='pmap', donate=False)(
-      parallel.replicate(st), parallel.split_for_pmap(batch, 4), key)
+      parallel.replicate(st), sharding.shard_batch(batch, 4), key)
   pm, pm_m = parallel.unreplicate(pm), parallel.unreplicate(pm_m)
   for other, other_m in ((sm, sm_m), (pm, pm_m)):
     assert tree_max_diff(ref.model.params, other.model.params) < 1e-5
