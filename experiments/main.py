@@ -11,6 +11,7 @@ one process per host with the same command plus
 """
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,9 +33,12 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax logs every file at INFO.
   if FLAGS.coordinator or FLAGS.num_processes:
-    import jax
-    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  results = pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    pipeline.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    results = pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except pipeline.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)  # As a shell reports a job ended by that signal.
   pipeline.print_summary(FLAGS.workdir, results)
 
 

@@ -190,7 +190,18 @@ class CheckpointStore:
       except OSError as e:
         raise CheckpointError(self._write_help(
             f'cannot create the checkpoint directory {self.directory}', e)) from e
+      self._remove_stale_marker_files()
     self._ensure_manager()
+
+  def _remove_stale_marker_files(self) -> None:
+    """A process killed while writing LAST_GOOD leaves `LAST_GOOD.tmp-<pid>`; the
+    marker itself is intact (it is replaced atomically), so the leftover is junk."""
+    for name in os.listdir(self.directory):
+      if name.startswith(f'{LAST_GOOD}.tmp-'):
+        try:
+          os.remove(os.path.join(self.directory, name))
+        except OSError:
+          pass  # Another process's cleanup got there first.
 
   def _ensure_manager(self) -> bool:
     """Opens the manager once the directory exists (a reader may start before the

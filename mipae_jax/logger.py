@@ -157,6 +157,14 @@ def check_finite(step: int, metrics: Mapping[str, Any], stage: str,
       'since the learning rate is part of the recorded config.')
 
 
+def _in_notebook() -> bool:
+  """True inside a running Jupyter kernel (imported ipykernel alone is not enough: a
+  test process that launched a kernel has it imported too)."""
+  ipython = sys.modules.get('IPython')
+  shell = ipython.get_ipython() if ipython is not None else None
+  return shell is not None and 'IPKernelApp' in getattr(shell, 'config', {})
+
+
 class ProgressBar:
   """tqdm bar with steps/s and the latest losses; silent when not on a terminal.
 
@@ -171,8 +179,7 @@ class ProgressBar:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     # Not a TTY (CI, files, tests): a bar would only fill logs with carriage returns.
     # A notebook kernel is no TTY but renders tqdm.auto's widget.
-    interactive = (getattr(sys.stderr, 'isatty', lambda: False)()
-                   or 'ipykernel' in sys.modules)
+    interactive = getattr(sys.stderr, 'isatty', lambda: False)() or _in_notebook()
     disable = disabled or not interactive
     self.disabled = disable
     self._bar = tqdm(total=total, initial=initial, desc=desc, unit='step',

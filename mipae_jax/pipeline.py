@@ -31,7 +31,19 @@ log = logging.getLogger(__name__)
 
 
 class Preempted(RuntimeError):
-  """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint.
+
+  `signum` is the signal received; a command-line entry point should exit with
+  `128 + signum` (130 for SIGINT, 143 for SIGTERM), as a shell does for a killed job.
+  """
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = int(signum)
+
+
+class PeerLost(RuntimeError):
+  """A cross-process collective failed: another process of the run died."""
 
 
 @dataclasses.dataclass
@@ -53,6 +65,42 @@ def is_chief() -> bool:
   return jax.process_index() == 0
 
 
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           heartbeat_timeout_seconds: int = 60,
+                           initialization_timeout: int = 300) -> None:
+  """`jax.distributed.initialize` with failure detection bounded in time.
+
+  If a process dies (killed, host lost), the coordination service notices its missing
+  heartbeats within `heartbeat_timeout_seconds` and stops every other process with an
+  error naming the lost task, instead of leaving them blocked in a collective forever.
+  `initialization_timeout` bounds the wait for all processes to connect at start.
+  On CPU the cross-process collectives use gloo (JAX's default CPU implementation).
+  """
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+
+
+def replicate(tree, mesh):
+  """Copies every leaf of `tree` to all devices of `mesh` (global, replicated).
+
+  Single process: a plain `device_put`. Several processes: arrays restored from a
+  checkpoint sit committed on one local device, and `device_put` cannot move them to
+  other hosts' devices; every process holds the same values (it read the same
+  checkpoint), so each fills its own devices from a host copy.
+  """
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
 def make_batch_fn(config, source, mesh, stage: str):
   """`batch(key) -> {'video', 'critic_video'?}` global batch split over `mesh`.
 
@@ -60,6 +108,12 @@ def make_batch_fn(config, source, mesh, stage: str):
   out over the devices; host sources (MPI3D) sample with numpy and are then placed.
   The autoencoder stage draws two batches per iteration (SPEC: the model step uses a
   new batch); the LSTM stage one.
+
+  Several processes: every process draws the same global batch from the same key
+  and keeps the rows of its own devices (on device, the jitted sampler computes only
+  the shards this process holds; on the host, `make_array_from_callback` picks them),
+  so the processes never exchange data and together hold exactly the batch one
+  process would draw.
   """
   b = config.batch_size
   sharding = NamedSharding(mesh, P(parallel.AXIS))
@@ -73,17 +127,41 @@ def make_batch_fn(config, source, mesh, stage: str):
 
   if source.on_device:
     return jax.jit(sample, out_shardings=sharding)
-  return lambda key: jax.device_put(jax.tree_util.tree_map(np.asarray, sample(key)), sharding)
+  if jax.process_count() == 1:
+    return lambda key: jax.device_put(jax.tree_util.tree_map(np.asarray, sample(key)),
+                                      sharding)
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return lambda key: jax.tree_util.tree_map(place, sample(key))
+
+
+def _agree_on_start(stage: str, start: int, directory: str) -> None:
+  """Several processes must resume from the same step, or their collectives would
+  mix different steps (or wait forever); raises naming each process's step."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  steps = np.asarray(multihost_utils.process_allgather(np.int32(start))).reshape(-1)
+  if np.any(steps != steps[0]):
+    raise checkpoint.CheckpointError(
+        f'{stage}: the processes would resume from different steps '
+        f'{ {i: int(s) for i, s in enumerate(steps)} } (process: step) in {directory}. '
+        'Every process must see the same workdir: put it on a filesystem shared by all '
+        'hosts (e.g. gs://, NFS).')
 
 
 @contextlib.contextmanager
 def stop_requests():
   """Turns SIGTERM/SIGINT into a flag the training loop polls, so a preempted run
   saves a checkpoint at a step boundary instead of dying mid-write."""
-  flag = {'stop': None}
+  flag = {'stop': None, 'signum': None}
 
   def handler(signum, _frame):
     flag['stop'] = signal.Signals(signum).name
+    flag['signum'] = signum
 
   previous = {}
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,12 +176,36 @@ def stop_requests():
       signal.signal(sig, h)
 
 
+@contextlib.contextmanager
+def _peer_failures(stage: str, current_step, store):
+  """Turns a failed cross-process collective into `PeerLost` naming the step and the
+  checkpoint to resume from (single process: errors pass through unchanged)."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    try:
+      good = store.latest_step()
+    except Exception:  # noqa: BLE001 - only for the message.
+      good = None
+    where = (f'step {good} in {store.directory}' if good is not None
+             else f'none yet in {store.directory}')
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise PeerLost(
+        f'{stage} stage, after step {current_step()}: process {jax.process_index()} of '
+        f'{jax.process_count()} lost the others ({first}). Another process most likely '
+        'died (killed, out of memory, host lost), so this one stops too instead of '
+        f'waiting forever. Last good checkpoint: {where}. Restart every process with '
+        'the same command to resume from it.') from e
+
+
 def _host_metrics(metrics):
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, step_key,
-              num_steps: int, mesh, extra_args=()) -> StageResult:
+def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, data_key,
+              step_key, num_steps: int, mesh, extra_args=()) -> StageResult:
   """The loop shared by both stages: restore, step, log, check, save.
 
   Args:
@@ -111,6 +213,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, s
     step_fn: the jitted data-parallel step; called as
       `step_fn(state, *extra_args, batch, step_key)`.
     batch_fn: `key -> global batch`, given `fold_in(data_key, step)`.
+    data_key, step_key: the stage's data stream and the root key its steps fold
+      their step number into.
   """
   tc = config.train
   store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
@@ -120,14 +224,15 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, s
     abstract = jax.eval_shape(lambda: init_state)
     state, _, start = store.restore(abstract)
     log.info('%s: resumed from step %d in %s', stage, start, store.directory)
+  _agree_on_start(stage, start, store.directory)
   # The state is replicated over the mesh, as the data-parallel step expects.
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  data_key = jax.random.fold_in(step_key, 0x5EED)  # The stage's data stream.
+  state = replicate(state, mesh)
   metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
   t0, step = time.time(), start
   last_metrics, shown = {}, start
   try:
-    with stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar:
+    with (stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar,
+          _peer_failures(stage, lambda: step, store)):
       while step < num_steps:
         batch = batch_fn(jax.random.fold_in(data_key, step))
         state, metrics = step_fn(state, *extra_args, batch, step_key)
@@ -146,7 +251,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, s
         if stop['stop']:
           raise Preempted(
               f'{stop["stop"]} received: saved the {stage} stage at step {step} in '
-              f'{store.directory}. Run the same command again to resume.')
+              f'{store.directory}. Run the same command again to resume.',
+              stop['signum'])
   finally:
     metric_logger.close()
     store.close()
@@ -161,7 +267,7 @@ def train_autoencoder(config, workdir: str, source=None, mesh=None) -> StageResu
   step_fn = parallel.make_train_step(config, 'ae', 'shard_map', mesh)
   init = train.create_train_state(config, keys['ae_init'])
   return run_stage(config, workdir, 'ae', init, step_fn,
-                   make_batch_fn(config, source, mesh, 'ae'), keys['ae_step'],
+                   make_batch_fn(config, source, mesh, 'ae'), keys['ae_data'], keys['ae_step'],
                    config.train.ae_steps, mesh)
 
 
@@ -202,12 +308,12 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   source = data.make_source(config.data) if source is None else source
   if ae_state is None:
     ae_state = restore_autoencoder(config, workdir)
-  ae_variables = jax.device_put(train.autoencoder_variables(ae_state),
-                                NamedSharding(mesh, P()))
+  ae_variables = replicate(train.autoencoder_variables(ae_state), mesh)
   step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
   init = train.create_lstm_state(config, keys['lstm_init'])
   return run_stage(config, workdir, 'lstm', init, step_fn,
-                   make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_step'],
+                   make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_data'],
+                   keys['lstm_step'],
                    config.train.lstm_steps, mesh, extra_args=(ae_variables,))
 
 

@@ -1,0 +1,122 @@
+"""Trains the tiny autoencoder stage in its own process, for the fault-injection tests.
+
+  python tests/helpers/train_worker.py --workdir=W --ae_steps=12 --ckpt_every=2 \
+      --out=final.npz [--step_delay=0.05] [--coordinator=127.0.0.1:PORT \
+      --num_processes=2 --process_id=I]
+
+Prints `STEP k` (stdout, flushed) after each train step, so a test can time a kill, and
+`pipeline`'s own log lines (stderr), among them `ae: resumed from step k`. On success it
+writes the final state's leaves to `--out` (with `.p<I>` before the suffix when several
+processes run). A SIGTERM/SIGINT makes `pipeline` save and raise `Preempted`; this script
+then prints the message and exits with 128 + the signal number, as a shell would.
+The caller sets XLA_FLAGS / JAX_PLATFORMS (this file imports JAX).
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--out', required=True)
+  p.add_argument('--ae_steps', type=int, default=12)
+  p.add_argument('--ckpt_every', type=int, default=2)
+  p.add_argument('--step_delay', type=float, default=0.0)
+  p.add_argument('--coordinator', default=None)
+  p.add_argument('--num_processes', type=int, default=None)
+  p.add_argument('--process_id', type=int, default=None)
+  p.add_argument('--heartbeat_timeout', type=int, default=10)
+  p.add_argument('--audit_writes', default=None,
+                 help='Write a JSON list of the Python-level writes this process made '
+                      'under --workdir (opens for writing, mkdir, rename, remove) here.')
+  args = p.parse_args()
+  writes = audit_writes(args.workdir) if args.audit_writes else None
+
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                      format='%(name)s: %(message)s')
+  logging.getLogger('absl').setLevel(logging.WARNING)
+
+  import jax
+  import numpy as np
+
+  from experiments.configs import tiny
+  from mipae_jax import parallel, pipeline
+
+  if args.coordinator:
+    pipeline.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                    heartbeat_timeout_seconds=args.heartbeat_timeout)
+
+  real = parallel.make_train_step
+
+  def reporting(config, stage='ae', *rest, **kwargs):
+    step = real(config, stage, *rest, **kwargs)
+
+    def wrapped(state, *more):
+      state, metrics = step(state, *more)
+      print(f'STEP {int(state.step)}', flush=True)
+      if args.step_delay:
+        time.sleep(args.step_delay)
+      return state, metrics
+    return wrapped
+
+  parallel.make_train_step = reporting
+
+  config = tiny.get_config()
+  config.train.ae_steps = args.ae_steps
+  config.train.ckpt_every = args.ckpt_every
+  config.train.lstm_steps = 0
+  try:
+    result = pipeline.train_autoencoder(config, args.workdir)
+  except pipeline.Preempted as e:
+    print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  out = args.out
+  if jax.process_count() > 1:
+    root, ext = os.path.splitext(out)
+    out = f'{root}.p{jax.process_index()}{ext}'
+  leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(result.state))]
+  np.savez(out, *leaves)
+  if writes is not None:
+    with open(args.audit_writes, 'w') as f:
+      json.dump(writes, f)
+  print(f'DONE {result.step} steps_run={result.steps_run}', flush=True)
+
+
+def audit_writes(workdir):
+  """Records every write-like file operation under `workdir` (Python audit events)."""
+  root = os.path.abspath(workdir)
+  writes = []
+  write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+  def under(path):
+    try:
+      p = os.path.abspath(os.fsdecode(path))
+      return p == root or p.startswith(root + os.sep)
+    except TypeError:
+      return False
+
+  def hook(event, args):
+    if event == 'open':
+      path, mode, flags = args
+      writing = (any(c in mode for c in 'wax+') if isinstance(mode, str)
+                 else bool((flags or 0) & write_flags))
+      if writing and under(path):
+        writes.append([event, os.fsdecode(path)])
+    elif event in ('os.mkdir', 'os.rename', 'os.remove', 'os.rmdir', 'shutil.rmtree',
+                   'os.truncate', 'os.symlink', 'os.link', 'os.chmod'):
+      if args and isinstance(args[0], (str, bytes, os.PathLike)) and under(args[0]):
+        writes.append([event, os.fsdecode(args[0])])
+
+  sys.addaudithook(hook)
+  return writes
+
+
+if __name__ == '__main__':
+  main()
