@@ -237,8 +237,11 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         batch = batch_fn(jax.random.fold_in(data_key, step))
         state, metrics = step_fn(state, *extra_args, batch, step_key)
         step += 1
+        # Read the flag once: a signal landing later in this iteration must not skip
+        # the save and still stop (it is handled at the next step boundary).
+        stopping = stop['stop']
         at_log = step % tc.log_every == 0 or step == num_steps
-        at_ckpt = step % tc.ckpt_every == 0 or step == num_steps or stop['stop']
+        at_ckpt = step % tc.ckpt_every == 0 or step == num_steps or stopping
         if at_log or at_ckpt:
           # Fetch (and check) before saving, so a diverged state is never written.
           last_metrics = _host_metrics(metrics)
@@ -248,9 +251,9 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           shown = step
         if at_ckpt:
           store.save(step, state, metadata={'metrics': last_metrics})
-        if stop['stop']:
+        if stopping:
           raise Preempted(
-              f'{stop["stop"]} received: saved the {stage} stage at step {step} in '
+              f'{stopping} received: saved the {stage} stage at step {step} in '
               f'{store.directory}. Run the same command again to resume.',
               stop['signum'])
   finally:
