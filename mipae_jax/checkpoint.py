@@ -177,7 +177,8 @@ class CheckpointStore:
       raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')
     if keep < 1:
       raise ValueError(f'keep must be >= 1, got {keep}')
-    self.workdir = os.fspath(workdir)
+    # Orbax takes absolute paths only; relative workdirs (e.g. `--workdir=runs/x`) are common.
+    self.workdir = os.path.abspath(os.fspath(workdir))
     self.stage = stage
     self.keep = keep
     self.enabled = enabled

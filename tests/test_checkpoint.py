@@ -420,3 +420,15 @@ def test_resumable_fields_allowed(tmp_path, config):
   # Only what was allowed: an explicit empty allow-list refuses the same change.
   with pytest.raises(ckpt.ConfigMismatchError, match='eval.seed: 1234 -> 7'):
     ckpt.check_config(workdir, other, allowed=())
+
+
+def test_relative_workdir(tmp_path, abstract, states, monkeypatch):
+  """`--workdir=runs/x` is how people type it; Orbax itself needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  store = ckpt.CheckpointStore('runs/x', 'ae')
+  store.save(1, states[1])
+  store.close()
+  restored, _, step = ckpt.CheckpointStore('runs/x', 'ae', enabled=False).restore(abstract)
+  assert step == 1
+  assert_trees_equal(restored, states[1])
+  assert os.path.isdir(tmp_path / 'runs' / 'x' / 'checkpoints' / 'ae' / '1')

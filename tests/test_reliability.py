@@ -313,3 +313,20 @@ def test_bad_config_in_saved_json_is_named():
   with pytest.raises(ValueError, match=r'config\.train\.ae_steps=-1'):
     from mipae_jax import configuration
     configuration.validate(c, num_devices=1)
+
+
+def test_mnist_labels_out_of_range(tmp_path):
+  x = np.zeros((3, 28, 28), np.uint8)
+  y = np.array([0, 3, 12], np.uint8)
+  np.savez(tmp_path / 'mnist.npz', x_train=x, y_train=y, x_test=x, y_test=y)
+  with pytest.raises(ValueError, match=r'train labels should be digits 0-9, found values '
+                                       r'from 0 to 12'):
+    moving_mnist.load_mnist(str(tmp_path / 'mnist.npz'))
+
+
+def test_dsprites_array_rescaled_to_255():
+  from mipae_jax.data import dsprites
+  imgs = np.zeros((2, 64, 64), np.uint8)
+  imgs[0, 10, 10] = 255
+  with pytest.raises(ValueError, match=r'binary 0/1 pixels .* found values up to 255'):
+    dsprites._check_binary('dsprites.npz', imgs)

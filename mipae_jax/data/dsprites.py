@@ -124,7 +124,18 @@ def load_dsprites_images(path: str) -> np.ndarray:
   if imgs.shape != expected or imgs.dtype != np.uint8:
     raise ValueError(f'{path}: "imgs" should be uint8 {expected} (the published '
                      f'{PUBLISHED_FILE}), found {imgs.dtype} {imgs.shape}.')
+  _check_binary(path, imgs)
   return imgs
+
+
+def _check_binary(path: str, imgs: np.ndarray) -> None:
+  """The published sprites are 0/1 masks; a copy rescaled to 0-255 would make every
+  rendered frame saturate, so it is refused with the fix."""
+  top = int(imgs.max()) if imgs.size else 0
+  if top > 1:
+    raise ValueError(f'{path}: "imgs" should hold binary 0/1 pixels (the published '
+                     f'{PUBLISHED_FILE}), found values up to {top}. If this copy was '
+                     'rescaled to 0-255, save it back as (imgs > 127).astype(np.uint8).')
 
 
 def sprites_from_published(imgs: np.ndarray) -> np.ndarray:

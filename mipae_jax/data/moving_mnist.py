@@ -58,6 +58,9 @@ def _check_pair(where: str, x: np.ndarray, y: np.ndarray, split: str):
   if y.shape != (x.shape[0],):
     raise ValueError(f'{where}: {split} labels should be [{x.shape[0]}] (one per image), '
                      f'found {list(y.shape)}.')
+  if y.size and (y.min() < 0 or y.max() > 9):
+    raise ValueError(f'{where}: {split} labels should be digits 0-9, found values from '
+                     f'{int(y.min())} to {int(y.max())}: are the label files those of MNIST?')
 
 
 def load_mnist(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
