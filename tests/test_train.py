@@ -184,3 +184,12 @@ def test_loss_variants_step(loss_name):
   assert all(np.isfinite(float(v)) for v in m.values())
   assert set(m) >= {'loss', 'recon_loss', 'sim_loss', 'mi_loss', 'critic_loss', 'critic_mi',
                     'grad_norm', 'critic_grad_norm'}
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  cfg = tiny.get_config()
+  cfg.model.dtype = 'bfloat16'
+  st = train.create_train_state(cfg, jax.random.key(0))
+  st, m = parallel.make_train_step(cfg, mode='jit')(st, batch_for(cfg), jax.random.key(1))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(st.model.params))
+  assert all(np.isfinite(float(v)) for v in m.values())
