@@ -30,7 +30,8 @@ STAGES = ('ae', 'lstm')
 
 
 def local_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over `devices` (default: all devices) named `batch`."""
+  """A 1-D mesh named `batch` over `devices` (default: every device of every process,
+  so one mesh spans all hosts)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (AXIS,))
 

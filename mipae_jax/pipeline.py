@@ -82,7 +82,7 @@ def initialize_distributed(coordinator_address: str | None = None,
                              heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
-def replicate(tree, mesh):
+def replicate_on_mesh(tree, mesh):
   """Copies every leaf of `tree` to all devices of `mesh` (global, replicated).
 
   Single process: a plain `device_put`. Several processes: arrays restored from a
@@ -226,7 +226,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     log.info('%s: resumed from step %d in %s', stage, start, store.directory)
   _agree_on_start(stage, start, store.directory)
   # The state is replicated over the mesh, as the data-parallel step expects.
-  state = replicate(state, mesh)
+  state = replicate_on_mesh(state, mesh)
   metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
   t0, step = time.time(), start
   last_metrics, shown = {}, start
@@ -311,7 +311,7 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   source = data.make_source(config.data) if source is None else source
   if ae_state is None:
     ae_state = restore_autoencoder(config, workdir)
-  ae_variables = replicate(train.autoencoder_variables(ae_state), mesh)
+  ae_variables = replicate_on_mesh(train.autoencoder_variables(ae_state), mesh)
   step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
   init = train.create_lstm_state(config, keys['lstm_init'])
   return run_stage(config, workdir, 'lstm', init, step_fn,
