@@ -39,12 +39,12 @@ def encode_static(config, ae_variables, source, n: int, seed: int):
   for images, c, p in source.iter_static(seed, n, chunk=10_000, split='test'):
     for s in range(0, len(images), ENCODE_BATCH):
       x = images[s:s + ENCODE_BATCH]
-      pad = ENCODE_BATCH - len(x)  # Pad the last batch: one compiled shape.
-      if pad and n > ENCODE_BATCH:
-        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      valid = len(x)
+      if valid < ENCODE_BATCH and n > ENCODE_BATCH:  # Pad the last batch: one shape.
+        x = np.concatenate([x, np.zeros((ENCODE_BATCH - valid,) + x.shape[1:], x.dtype)])
       zc, zp = jax.device_get(encode(ae_variables, x))
-      z_c.append(zc[:len(zc) - pad] if pad and n > ENCODE_BATCH else zc)
-      z_p.append(zp[:len(zp) - pad] if pad and n > ENCODE_BATCH else zp)
+      z_c.append(zc[:valid])
+      z_p.append(zp[:valid])
     content.append(np.asarray(c))
     pose.append(np.asarray(p))
   return (np.concatenate(z_c), np.concatenate(z_p), np.concatenate(content),

@@ -4,7 +4,7 @@ The per-device steps in `mipae_jax.train` use explicit collectives over one name
 `make_train_step` wraps them three ways, all giving the same numbers:
 
 - `'jit'`: one device, no axis.
-- `'shard_map'` (default): `jax.jit` over a 1-D `Mesh` of the local devices. State and
+- `'shard_map'` (default): `jax.jit` over a 1-D `Mesh` of all devices. State and
   keys are replicated, the batch is split along its first axis. `check_vma=False` keeps
   pmap's semantics: gradients of replicated parameters come back per device and are
   averaged by the step's own `pmean` (with `check_vma=True` JAX would already have
