@@ -90,7 +90,13 @@ def replicate_on_mesh(tree, mesh):
   other hosts' devices; every process holds the same values (it read the same
   checkpoint), so each fills its own devices from a host copy.
   """
-  sharding = NamedSharding(mesh, P())
+  return _place_from_host(tree, NamedSharding(mesh, P()))
+
+
+def _place_from_host(tree, sharding):
+  """Every leaf of `tree` (the same values on every process) as a global array with
+  `sharding`: one process puts it directly; several each fill only their own devices
+  from a host copy (`device_put` cannot reach other hosts' devices)."""
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
 
@@ -127,15 +133,7 @@ def make_batch_fn(config, source, mesh, stage: str):
 
   if source.on_device:
     return jax.jit(sample, out_shardings=sharding)
-  if jax.process_count() == 1:
-    return lambda key: jax.device_put(jax.tree_util.tree_map(np.asarray, sample(key)),
-                                      sharding)
-
-  def place(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return lambda key: jax.tree_util.tree_map(place, sample(key))
+  return lambda key: _place_from_host(sample(key), sharding)
 
 
 def _agree_on_start(stage: str, start: int, directory: str) -> None:
