@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mipae_jax import data, predict, train, visualize
+from mipae_jax import compiler, data, predict, train, visualize
 from mipae_jax.logger import MetricLogger
 from mipae_jax.metrics import image as image_metrics
 from mipae_jax.metrics import mig as mig_metrics
@@ -34,7 +34,7 @@ def encode_static(config, ae_variables, source, n: int, seed: int):
 
   Returns (z_c [n, Dc], z_p [n, Dp], content [n, Kc], pose [n, Kp]) as numpy.
   """
-  encode = jax.jit(lambda v, x: predict.encode_frames(config, v, x))
+  encode = compiler.jit(lambda v, x: predict.encode_frames(config, v, x))
   z_c, z_p, content, pose = [], [], [], []
   for images, c, p in source.iter_static(seed, n, chunk=10_000, split='test'):
     for s in range(0, len(images), ENCODE_BATCH):
@@ -92,7 +92,7 @@ def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: st
   rows = min(6, len(videos))
   # Analogy: content of frame 0 of videos 1..rows-1, poses of video 0.
   content_frames, pose_video = videos[1:rows, 0], videos[0]
-  grid = np.asarray(jax.jit(lambda v, a, b: predict.analogies(config, v, a, b))(
+  grid = np.asarray(compiler.jit(lambda v, a, b: predict.analogies(config, v, a, b))(
       ae_variables, content_frames, pose_video))
   blank = np.zeros_like(content_frames[:1])
   cells = np.concatenate([
@@ -101,7 +101,7 @@ def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: st
   visualize.save_image_grid(cells, os.path.join(out_dir, 'analogy.png'))
   files['analogy'] = 'analogy.png'
 
-  rec = np.asarray(jax.jit(lambda v, x: predict.reconstruct(config, v, x))(
+  rec = np.asarray(compiler.jit(lambda v, x: predict.reconstruct(config, v, x))(
       ae_variables, videos[:rows // 2 or 1]))
   pairs = np.stack([videos[:len(rec)], rec], axis=1).reshape((-1,) + rec.shape[1:])
   visualize.save_filmstrip(pairs, os.path.join(out_dir, 'reconstruction.png'),

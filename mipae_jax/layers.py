@@ -53,21 +53,156 @@ def leaky_relu(x):
   return nn.leaky_relu(x, negative_slope=0.2)
 
 
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, kernel, stride: int, padding):
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=_DIMS)
+
+
 def _conv_valid(x, kernel):
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return _conv(x, kernel, 1, 'VALID')
 
 
-class UpConv4x4(nn.Module):
-  """`ConvTranspose2d(in, out, 4, stride=2, padding=1)`: `[B, H, W, in] -> [B, 2H, 2W, out]`.
+# ----------------------------------------------------- 4x4 stride-2 (transposed) convs.
+#
+# The DCGAN networks are made of `Conv2d(4, stride=2, padding=1)` and its transpose.
+# XLA:CPU differentiates both badly when left to itself: the input gradient of the
+# strided convolution becomes an input-dilated convolution, and the transposed
+# convolution (forward and weight gradient) too, which its convolution kernels run 5-20x
+# slower than a dense one. The two operations are each other's input gradient, so each
+# gets a custom VJP that computes its input gradient as the other one in its fast form.
+# Both are exact; tests compare values and gradients with XLA's own convolutions.
 
-  Computed as four stride-1 2x2 convolutions, one per output phase, then
-  interleaved. Output row 2m takes input rows (m-1, m) with kernel rows (3, 1); row
-  2m+1 takes rows (m, m+1) with kernel rows (2, 0); columns likewise. The result is
-  exactly the transposed convolution, but XLA's CPU backend differentiates these
-  small dense convolutions far faster than a strided transposed one (its weight
-  gradient is the bottleneck of the decoder otherwise).
+# Output phase p of the transposed convolution (output row 2m + p) reads input rows
+# (m - 1 + p, m + p) with kernel rows `_PHASE_TAPS[p]`; `_PHASE_PAD[p]` pads the input
+# so that a VALID 2x2 convolution lines the rows up.
+_PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
+_PHASE_PAD = {0: (1, 0), 1: (0, 1)}
+# Kernel row ky of the transposed convolution lands in output phase `p` with input row
+# offset `s` (output row 2m + p reads input row m - s).
+_TAP_PHASE_SHIFT = {0: (1, -1), 1: (0, 0), 2: (1, 0), 3: (0, 1)}
+# Below this many output channels the transposed convolution is one matmul followed by
+# an overlap-add (a 2x2 convolution with 3 output channels wastes most of each SIMD
+# register; the matmul with 16x the output columns does not).
+_COL2IM_MAX_FEATURES = 16
+
+
+def _upconv_by_phases(x, kernel):
+  """Four stride-1 2x2 convolutions, one per output phase, interleaved."""
+  rows = []
+  for py in (0, 1):
+    cols = []
+    for px in (0, 1):
+      k = jnp.stack([jnp.stack([kernel[ky, kx] for kx in _PHASE_TAPS[px]])
+                     for ky in _PHASE_TAPS[py]])
+      xp = jnp.pad(x, ((0, 0), _PHASE_PAD[py], _PHASE_PAD[px], (0, 0)))
+      cols.append(_conv_valid(xp, k))
+    rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(px), C]
+  y = jnp.stack(rows, axis=2)  # [B, H, 2(py), W, 2(px), C]
+  b, h, _, w, _, c = y.shape
+  return y.reshape(b, 2 * h, 2 * w, c)
+
+
+def _shift(a, s: int, axis: int):
+  """`out[i] = a[i - s]` along `axis`, zero where `i - s` is out of range (|s| <= 1)."""
+  if s == 0:
+    return a
+  pad = [(0, 0)] * a.ndim
+  n = a.shape[axis]
+  if s > 0:
+    pad[axis] = (1, 0)
+    return jnp.pad(jax.lax.slice_in_dim(a, 0, n - 1, axis=axis), pad)
+  pad[axis] = (0, 1)
+  return jnp.pad(jax.lax.slice_in_dim(a, 1, n, axis=axis), pad)
+
+
+def _upconv_by_col2im(x, kernel):
+  """One matmul giving every input pixel's 4x4 output patch, then an overlap-add."""
+  b, h, w, c = x.shape
+  o = kernel.shape[-1]
+  patches = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * o))
+  patches = patches.reshape(b, h, w, 4, 4, o)
+  phases = {}
+  for ky in range(4):
+    py, sy = _TAP_PHASE_SHIFT[ky]
+    for kx in range(4):
+      px, sx = _TAP_PHASE_SHIFT[kx]
+      t = _shift(_shift(patches[:, :, :, ky, kx], sy, 1), sx, 2)
+      phases[py, px] = phases[py, px] + t if (py, px) in phases else t
+  y = jnp.stack([jnp.stack([phases[py, px] for px in (0, 1)], axis=3) for py in (0, 1)],
+                axis=2)
+  return y.reshape(b, 2 * h, 2 * w, o)
+
+
+def _upconv(x, kernel):
+  if kernel.shape[-1] < _COL2IM_MAX_FEATURES:
+    return _upconv_by_col2im(x, kernel)
+  return _upconv_by_phases(x, kernel)
+
+
+def _down(x, kernel):
+  return _conv(x, kernel, 2, 1)
+
+
+def _down_kernel_grad(x, kernel, dy):
+  return jax.vjp(lambda k: _down(x, k), kernel)[1](dy)[0]
+
+
+@jax.custom_vjp
+def conv4x4_down(x, kernel):
+  """`Conv2d(in, out, 4, stride=2, padding=1)` without bias.
+
+  `x [B, 2H, 2W, in]`, `kernel [4, 4, in, out]` -> `[B, H, W, out]`. Its input gradient
+  is the transposed convolution with the same kernel, computed by `_upconv`.
+  """
+  return _down(x, kernel)
+
+
+def _down_fwd(x, kernel):
+  return _down(x, kernel), (x, kernel)
+
+
+def _down_bwd(res, dy):
+  x, kernel = res
+  return _upconv(dy, kernel.transpose(0, 1, 3, 2)), _down_kernel_grad(x, kernel, dy)
+
+
+conv4x4_down.defvjp(_down_fwd, _down_bwd)
+
+
+@jax.custom_vjp
+def conv_transpose4x4_up(x, kernel):
+  """`ConvTranspose2d(in, out, 4, stride=2, padding=1)` without bias.
+
+  `x [B, H, W, in]`, `kernel [4, 4, in, out]` (PyTorch's weight `[in, out, kh, kw]`
+  transposed) -> `[B, 2H, 2W, out]`. Its input gradient is the strided convolution with
+  the same kernel; its kernel gradient is that convolution's kernel gradient with the
+  roles of input and output swapped.
+  """
+  return _upconv(x, kernel)
+
+
+def _up_fwd(x, kernel):
+  return _upconv(x, kernel), (x, kernel)
+
+
+def _up_bwd(res, dy):
+  x, kernel = res
+  kt = kernel.transpose(0, 1, 3, 2)
+  return _down(dy, kt), _down_kernel_grad(dy, kt, x).transpose(0, 1, 3, 2)
+
+
+conv_transpose4x4_up.defvjp(_up_fwd, _up_bwd)
+
+
+class Conv4x4Down(nn.Module):
+  """`Conv2d(in, out, 4, stride=2, padding=1)` with bias: `[B, 2H, 2W, in] -> [B, H, W, out]`.
+
+  Parameters are named and shaped as `nn.Conv`'s (`kernel [4, 4, in, out]`, `bias`).
   """
   features: int
   dtype: Dtype = jnp.float32
@@ -76,24 +211,26 @@ class UpConv4x4(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
-    # taps[phase] = (kernel indices for the window's first and second row, padding).
-    taps = {0: ((3, 1), (1, 0)), 1: ((2, 0), (0, 1))}
-    rows = []
-    for py in (0, 1):
-      (ky0, ky1), pad_y = taps[py]
-      cols = []
-      for px in (0, 1):
-        (kx0, kx1), pad_x = taps[px]
-        k = jnp.stack([jnp.stack([kernel[ky, kx] for kx in (kx0, kx1)])
-                       for ky in (ky0, ky1)])
-        xp = jnp.pad(x, ((0, 0), pad_y, pad_x, (0, 0)))
-        cols.append(_conv_valid(xp, k))
-      rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(px), C]
-    y = jnp.stack(rows, axis=2)  # [B, H, 2(py), W, 2(px), C]
-    b, h, _, w, _, c = y.shape
-    return y.reshape(b, 2 * h, 2 * w, c) + bias.astype(self.dtype)
+    y = conv4x4_down(x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class UpConv4x4(nn.Module):
+  """`ConvTranspose2d(in, out, 4, stride=2, padding=1)`: `[B, H, W, in] -> [B, 2H, 2W, out]`.
+
+  Computed as four stride-1 2x2 convolutions, one per output phase, then interleaved
+  (or, for few output channels, one matmul and an overlap-add); see
+  `conv_transpose4x4_up`.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
 
 
 class ProjectUp(nn.Module):

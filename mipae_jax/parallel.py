@@ -10,7 +10,11 @@ The per-device steps in `mipae_jax.train` use explicit collectives over one name
   averaged by the step's own `pmean` (with `check_vma=True` JAX would already have
   summed them, and the explicit `pmean` would count them again).
 - `'pmap'`: `jax.pmap`; the caller replicates the state (`replicate`) and shapes the
-  batch `[D, B/D, ...]` (`mipae_jax.data.sharding.shard_batch`).
+  batch `[D, B/D, ...]` (`mipae_jax.data.sharding.shard_batch`). `jax.pmap` takes no
+  compiler options, so on CPU this form runs without `mipae_jax.compiler.options()`.
+
+`'jit'` and `'shard_map'` compile with `mipae_jax.compiler.options()` (faster CPU
+convolutions; nothing changes on GPU/TPU).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mipae_jax import train
+from mipae_jax import compiler, train
 
 AXIS = 'batch'
 MODES = ('jit', 'shard_map', 'pmap')
@@ -64,7 +68,7 @@ def make_train_step(config, stage: str = 'ae', mode: str = 'shard_map', mesh: Me
   donate_argnums = (0,) if donate else ()
 
   if mode == 'jit':
-    return jax.jit(functools.partial(fn, config=config), donate_argnums=donate_argnums)
+    return compiler.jit(functools.partial(fn, config=config), donate_argnums=donate_argnums)
 
   per_device = functools.partial(fn, config=config, axis_name=AXIS)
   if mode == 'pmap':
@@ -77,7 +81,7 @@ def make_train_step(config, stage: str = 'ae', mode: str = 'shard_map', mesh: Me
   in_specs = (P(),) + (P(),) * n_extra + (P(AXIS), P())
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs,
                           out_specs=(P(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=donate_argnums)
+  return compiler.jit(sharded, donate_argnums=donate_argnums)
 
 
 def replicate(tree, devices=None):

@@ -4,10 +4,10 @@ in inference mode."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mipae_jax import compiler
 from mipae_jax.models import build_models, uses_skips
 from mipae_jax.train import encode_video
 
@@ -93,4 +93,4 @@ def encode_frames(config, ae_variables, frames):
 
 def make_predictor(config, num_future: int):
   """`predict(ae_variables, lstm_params, context) -> {'frames', 'poses'}`, jitted once."""
-  return jax.jit(lambda ae, lstm, ctx: predict_video(config, ae, lstm, ctx, num_future))
+  return compiler.jit(lambda ae, lstm, ctx: predict_video(config, ae, lstm, ctx, num_future))

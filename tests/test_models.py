@@ -157,3 +157,31 @@ def test_initialisation_follows_spec():
   v = jax.jit(models.ContentEncoder(dim=128).init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   scale = np.asarray(v['params']['c4']['bn']['scale'])
   assert abs(scale.mean() - 1) < 0.005 and abs(scale.std() - 0.02) < 0.005
+
+
+@pytest.mark.parametrize('fn,out_channels', [
+    ('down', 5), ('up', 20), ('up', 3)])  # 'up' with 3: the matmul + overlap-add form.
+def test_custom_vjp_convolutions_match_xla(fn, out_channels):
+  """Values and both gradients of the 4x4 stride-2 layers equal XLA's own ops."""
+  rng = np.random.default_rng(3)
+  size, cin = (8, 4) if fn == 'down' else (4, 6)
+  x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(4, 4, cin, out_channels)), jnp.float32)
+  dims = ('NHWC', 'HWIO', 'NHWC')
+  if fn == 'down':
+    ours = layers.conv4x4_down
+    ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
+                                                    dimension_numbers=dims)
+  else:
+    ours = layers.conv_transpose4x4_up
+    # The transposed convolution by definition: input dilation, flipped kernel.
+    ref = lambda x, k: jax.lax.conv_general_dilated(
+        x, k[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=dims)
+  probe = jnp.asarray(rng.normal(size=ref(x, k).shape), jnp.float32)
+  loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k)) * probe))
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
+  got = jax.grad(loss(ours), argnums=(0, 1))(x, k)
+  want = jax.grad(loss(ref), argnums=(0, 1))(x, k)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

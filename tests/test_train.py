@@ -108,7 +108,9 @@ def test_one_step_is_the_same_on_one_and_four_devices(config):
   gradient itself and the parameters compare gradients at full scale. With eps=1e-8
   Adam turns float-rounding noise in mathematically-zero gradients (conv biases
   followed by BatchNorm) into full learning-rate steps, which would hide real
-  differences behind noise.
+  differences behind noise. Even with eps = 1, those gradients are summation-order
+  noise of ~1e-5 (the splits over devices sum in different orders), hence 5e-5 for the
+  parameters; a real error (a missing or doubled average) moves them by ~0.1.
   """
   assert jax.device_count() == 4
   cfg = tiny.get_config()
@@ -121,8 +123,8 @@ def test_one_step_is_the_same_on_one_and_four_devices(config):
       parallel.replicate(st), sharding.shard_batch(batch, 4), key)
   pm, pm_m = parallel.unreplicate(pm), parallel.unreplicate(pm_m)
   for other, other_m in ((sm, sm_m), (pm, pm_m)):
-    assert tree_max_diff(ref.model.params, other.model.params) < 1e-5
-    assert tree_max_diff(ref.critic.params, other.critic.params) < 1e-5
+    assert tree_max_diff(ref.model.params, other.model.params) < 5e-5
+    assert tree_max_diff(ref.critic.params, other.critic.params) < 5e-5
     assert tree_max_diff(ref.batch_stats, other.batch_stats) < 1e-5
     for name in ref_m:
       np.testing.assert_allclose(other_m[name], ref_m[name], rtol=1e-4, atol=1e-5,
