@@ -76,23 +76,16 @@ def torch_bn_stats(net):
           if k.endswith(('running_mean', 'running_var'))}
 
 
-def check_running_stats(net_t, before, stats_jax_new, net_name, config):
-  """Train-mode running statistics: mean exactly; var up to torch's n/(n-1) correction
-  (torch updates running_var with the unbiased batch variance, flax with the biased
-  one; the ratio of the variance increments is n/(n-1), n = elements per channel)."""
+def check_running_stats(net_t, stats_jax_new, net_name, config):
+  """Train-mode running statistics equal torch's, the variance included (both update it
+  with the unbiased batch variance)."""
   after = torch_bn_stats(net_t)
   flat = jax.tree_util.tree_flatten_with_path(stats_jax_new)[0]
   mapped = 0
   for path, value in flat:
     names = tuple(p.key for p in path)
     key, _ = convert.torch_key(net_name, names, config)
-    if names[-1] == 'mean':
-      close(value, after[key], f'{net_name} running mean {key}')
-    else:
-      inc_t = after[key] - 0.9 * before[key]
-      inc_j = np.asarray(value) - 0.9 * before[key]
-      ratio = inc_t / inc_j
-      assert np.all((ratio > 1.0 - 1e-4) & (ratio < 1.6)), (key, ratio.min(), ratio.max())
+    close(value, after[key], f'{net_name} running {names[-1]} {key}')
     mapped += 1
   assert mapped == len(after)
 
@@ -114,7 +107,6 @@ def test_autoencoder_parity(arch, skips):
   use_skips = models.uses_skips(config.model)
 
   for train in (False, True):
-    before = {n: torch_bn_stats(nets_t[n]) for n in convert._BN_STATS}
     for net in nets_t.values():
       net.train(train)
     mutable = ['batch_stats'] if train else False
@@ -147,7 +139,7 @@ def test_autoencoder_parity(arch, skips):
     if train:
       for net, upd in (('content_encoder', upd_c), ('pose_encoder', upd_p),
                        ('decoder', upd_d)):
-        check_running_stats(nets_t[net], before[net], upd['batch_stats'], net, config)
+        check_running_stats(nets_t[net], upd['batch_stats'], net, config)
 
 
 def test_lstm_parity():

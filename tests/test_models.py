@@ -185,3 +185,46 @@ def test_custom_vjp_convolutions_match_xla(fn, out_channels):
   want = jax.grad(loss(ref), argnums=(0, 1))(x, k)
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_matches_numpy_reference():
+  """Train-mode output, all three gradients and the PyTorch-style running statistics."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(0.5, 2.0, size=(6, 5, 5, 7))
+  scale, bias = rng.normal(1.0, 0.1, size=7), rng.normal(0.0, 0.1, size=7)
+  probe = rng.normal(size=x.shape)
+  bn = layers.BatchNorm(use_running_average=False)
+  stats = {'mean': np.full(7, 0.3, np.float32), 'var': np.full(7, 2.0, np.float32)}
+
+  def loss(x, scale, bias):
+    y, upd = bn.apply({'params': {'scale': scale, 'bias': bias}, 'batch_stats': stats},
+                      x, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y) * probe), (y, upd['batch_stats'])
+
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  (_, (y, new_stats)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+      f32(x), f32(scale), f32(bias))
+
+  xs = x.reshape(-1, 7)
+  n, mu, var = len(xs), xs.mean(0), xs.var(0)
+  xhat = (xs - mu) / np.sqrt(var + 1e-5)
+  y_ref = xhat * scale + bias
+  g = np.cos(y_ref) * probe.reshape(-1, 7)
+  d_bias, d_scale = g.sum(0), (g * xhat).sum(0)
+  d_x = scale / np.sqrt(var + 1e-5) * (g - d_bias / n - xhat * d_scale / n)
+  np.testing.assert_allclose(np.asarray(y).reshape(-1, 7), y_ref, rtol=1e-4, atol=1e-4)
+  for got, want in zip(grads, (d_x.reshape(x.shape), d_scale, d_bias), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # PyTorch: running_var moves towards the unbiased variance, momentum 0.1.
+  np.testing.assert_allclose(new_stats['mean'], 0.9 * 0.3 + 0.1 * mu, rtol=1e-5)
+  np.testing.assert_allclose(new_stats['var'], 0.9 * 2.0 + 0.1 * var * n / (n - 1), rtol=1e-5)
+
+
+def test_batch_norm_gradient_through_returned_statistics():
+  """The custom VJP also carries cotangents of the returned mean and variance."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(40, 3)), jnp.float32)
+  s, b = jnp.ones(3), jnp.zeros(3)
+  f = lambda x: jnp.sum(jnp.stack(layers.batch_norm_train(x, s, b, 1e-5, None)[1:]) ** 2)
+  ref = lambda x: jnp.sum(jnp.stack([x.mean(0), x.var(0)]) ** 2)
+  np.testing.assert_allclose(jax.grad(f)(x), jax.grad(ref)(x), rtol=1e-4, atol=1e-6)
