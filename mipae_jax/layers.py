@@ -49,6 +49,23 @@ def _channel_sum(a):
   return jnp.ones((a.shape[0],), a.dtype) @ a
 
 
+@jax.custom_vjp
+def add_bias(y, bias):
+  """`y [..., C] + bias [C]`, whose bias gradient is a `_channel_sum` (see there)."""
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+  return dy, _channel_sum(dy.astype(jnp.float32)).astype(dy.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _psum_mean(sums, count: int, axis_name):
   """Per-channel sums on this device -> means over the global batch."""
   if axis_name is not None:
@@ -316,7 +333,7 @@ class Conv4x4Down(nn.Module):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     y = conv4x4_down(x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias.astype(self.dtype))
 
 
 class UpConv4x4(nn.Module):
@@ -334,7 +351,7 @@ class UpConv4x4(nn.Module):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias.astype(self.dtype))
 
 
 class ProjectUp(nn.Module):
@@ -367,7 +384,7 @@ class ConvTranspose3x3(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = _conv_valid(xp, kernel[::-1, ::-1].astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias.astype(self.dtype))
 
 
 class LSTMCell(nn.Module):

@@ -228,3 +228,14 @@ def test_batch_norm_gradient_through_returned_statistics():
   f = lambda x: jnp.sum(jnp.stack(layers.batch_norm_train(x, s, b, 1e-5, None)[1:]) ** 2)
   ref = lambda x: jnp.sum(jnp.stack([x.mean(0), x.var(0)]) ** 2)
   np.testing.assert_allclose(jax.grad(f)(x), jax.grad(ref)(x), rtol=1e-4, atol=1e-6)
+
+
+def test_add_bias_gradient():
+  rng = np.random.default_rng(6)
+  y = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=5), jnp.float32)
+  probe = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  got = jax.grad(lambda y, b: jnp.sum(jnp.sin(layers.add_bias(y, b)) * probe), (0, 1))(y, b)
+  want = jax.grad(lambda y, b: jnp.sum(jnp.sin(y + b) * probe), (0, 1))(y, b)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

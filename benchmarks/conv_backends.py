@@ -1,0 +1,175 @@
+"""Per-layer profile of the DCGAN autoencoder's convolutions, side by side in one process.
+
+  python -m benchmarks.conv_backends            # batch 100, 5 alternating rounds
+  python -m benchmarks.conv_backends --quick    # batch 50, 3 rounds (about a minute)
+
+For each 4x4 stride-2 layer of the 64x64 encoder (`Conv2d`) and decoder
+(`ConvTranspose2d`), it times the forward pass, the kernel gradient (dW) and the input
+gradient (dX), and prints GFLOP/s (multiply-adds x 2 of that one pass) for:
+
+- `xla`: what a straightforward JAX model compiles to: `lax.conv_general_dilated` (an
+  input-dilated one for the transposed convolution, as `nn.ConvTranspose` builds), XLA's
+  default CPU pipeline (convolutions offloaded to YNNPACK);
+- `xla-eigen`: the same ops compiled with `mipae_jax.compiler.options()`;
+- `mipae_jax`: the layers the models use (`layers.conv4x4_down`,
+  `layers.conv_transpose4x4_up`: custom VJPs) with `mipae_jax.compiler.options()`;
+- `torch`: `nn.Conv2d` / `nn.ConvTranspose2d`, channels-last, oneDNN (`--threads`);
+  dW and dX by `torch.autograd.grad` over one recorded forward graph.
+
+Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `layers._channel_sum`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mipae_jax import compiler, layers
+
+DOWN = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]  # (in size, in, out)
+UP = [(4, 512, 256), (8, 256, 128), (16, 128, 64), (32, 64, 3)]
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _xla_down(x, k):
+  return jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DIMS)
+
+
+def _xla_up(x, k):
+  return jax.lax.conv_general_dilated(x, k[::-1, ::-1], (1, 1), ((2, 2), (2, 2)),
+                                      lhs_dilation=(2, 2), dimension_numbers=_DIMS)
+
+
+def _jax_passes(fn, options):
+  """Jitted forward, kernel-gradient and input-gradient functions of `fn(x, k)`."""
+  jit = lambda f: jax.jit(f, compiler_options=options)
+  return {
+      'fwd': jit(lambda x, k, dy: fn(x, k)),
+      'dW': jit(lambda x, k, dy: jax.vjp(lambda k: fn(x, k), k)[1](dy)[0]),
+      'dX': jit(lambda x, k, dy: jax.vjp(lambda x: fn(x, k), x)[1](dy)[0]),
+  }
+
+
+def _torch_passes(torch, up: bool, cin: int, cout: int, x, k, dy):
+  """Forward, dW and dX closures for the torch layer; each gradient pass reuses one
+  recorded forward graph (`retain_graph`), so it times the backward kernel alone."""
+  mod = (torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1) if up
+         else torch.nn.Conv2d(cin, cout, 4, 2, 1))
+  mod = mod.to(memory_format=torch.channels_last)
+  with torch.no_grad():
+    # HWIO -> torch layouts: Conv2d [out, in, kh, kw]; ConvTranspose2d [in, out, kh, kw].
+    w = np.transpose(k, (2, 3, 0, 1) if up else (3, 2, 0, 1))
+    mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+  cl = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).contiguous(
+      memory_format=torch.channels_last)
+  tx, tdy = cl(x), cl(dy)
+  txg = tx.clone().requires_grad_(True)
+  y_w = mod(tx)  # Graph to the weight only.
+  y_x = mod(txg)  # Graph to the input (the weight gradient is not requested).
+
+  def fwd():
+    with torch.no_grad():
+      mod(tx)
+
+  return {'fwd': fwd,
+          'dW': lambda: torch.autograd.grad(y_w, mod.weight, tdy, retain_graph=True),
+          'dX': lambda: torch.autograd.grad(y_x, txg, tdy, retain_graph=True)}
+
+
+def _median_times(fns: dict, reps: int) -> dict:
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(v) for name, v in times.items()}
+
+
+def profile_layer(up: bool, size: int, cin: int, cout: int, batch: int, reps: int, torch):
+  rng = np.random.default_rng(0)
+  out_size = size * 2 if up else size // 2
+  x = rng.standard_normal((batch, size, size, cin), np.float32)
+  k = (rng.standard_normal((4, 4, cin, cout)) * 0.05).astype(np.float32)
+  dy = rng.standard_normal((batch, out_size, out_size, cout), np.float32)
+  flops = 2 * batch * 16 * cin * cout * (size * size if up else out_size * out_size)
+  xla_fn = _xla_up if up else _xla_down
+  ours = layers.conv_transpose4x4_up if up else layers.conv4x4_down
+  impls = {'xla': (xla_fn, None), 'xla-eigen': (xla_fn, compiler.CPU_OPTIONS),
+           'mipae_jax': (ours, compiler.CPU_OPTIONS)}
+  args = tuple(jnp.asarray(a) for a in (x, k, dy))
+  fns = {}
+  for name, (fn, options) in impls.items():
+    for p, f in _jax_passes(fn, options).items():
+      fns[name, p] = (lambda f=f: jax.block_until_ready(f(*args)))
+  if torch is not None:
+    for p, f in _torch_passes(torch, up, cin, cout, x, k, dy).items():
+      fns['torch', p] = f
+  t = _median_times(fns, reps)
+  names = list(impls) + (['torch'] if torch is not None else [])
+  return {name: {p: flops / t[name, p] / 1e9 for p in ('fwd', 'dW', 'dX')} for name in names}
+
+
+def profile_channel_sums(batch: int, reps: int):
+  rows = []
+  for size, c in ((32, 64), (16, 128), (8, 256)):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, c),
+                                                             np.float32))
+    plain = compiler.jit(lambda a: jnp.sum(a, axis=(0, 1, 2)))
+    ours = compiler.jit(layers._channel_sum)
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-3, atol=1e-2)
+    t = _median_times({'sum': lambda f=plain, x=x: jax.block_until_ready(f(x)),
+                       'matvec': lambda f=ours, x=x: jax.block_until_ready(f(x))}, reps)
+    rows.append((f'[{batch}, {size}, {size}, {c}]', t['sum'] * 1e3, t['matvec'] * 1e3))
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--batch', type=int, default=0, help='default 100 (50 with --quick)')
+  parser.add_argument('--reps', type=int, default=0, help='timed rounds (default 5 / 3)')
+  parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
+  args = parser.parse_args(argv)
+  batch = args.batch or (50 if args.quick else 100)
+  reps = args.reps or (3 if args.quick else 5)
+  try:
+    import torch
+    torch.set_num_threads(args.threads)
+  except ImportError:
+    torch = None
+    print('torch is not installed (pip install -e ".[bench]"): JAX columns only')
+  print(f'jax {jax.__version__} on {jax.default_backend()}; batch {batch}; medians of {reps}; '
+        'GFLOP/s per pass (higher is faster)')
+  print()
+  for up, shapes, title in ((False, DOWN, 'Conv2d(4, stride 2)'),
+                            (True, UP, 'ConvTranspose2d(4, stride 2)')):
+    header = None
+    for size, cin, cout in shapes:
+      res = profile_layer(up, size, cin, cout, batch, reps, torch)
+      if header is None:
+        header = ['layer'] + [f'{n} {p}' for n in res for p in ('fwd', 'dW', 'dX')]
+        print(f'{title}:')
+        print('| ' + ' | '.join(header) + ' |')
+        print('|' + '---|' * len(header))
+      cells = [f'{size}x{size} {cin}->{cout}'] + [f'{res[n][p]:.0f}' for n in res
+                                                   for p in ('fwd', 'dW', 'dX')]
+      print('| ' + ' | '.join(cells) + ' |', flush=True)
+    print()
+  print('BatchNorm channel sums (ms):')
+  print('| activation | jnp.sum | layers._channel_sum |')
+  print('|---|---|---|')
+  for shape, plain, ours in profile_channel_sums(batch, reps):
+    print(f'| {shape} | {plain:.2f} | {ours:.2f} |')
+
+
+if __name__ == '__main__':
+  main()
