@@ -2,8 +2,8 @@
 
 On CPU, XLA offloads convolutions to YNNPACK by default. For this project's
 convolutions (4x4 stride-2 encoders, 2x2 decoder phases, batch 100) XLA's own Eigen
-convolutions are faster: 1.6-3x for the forward pass and the weight gradient on a
-2-core AVX-512 machine (`benchmarks/conv_backends.py` measures it side by side). The
+convolutions are faster: up to 1.7x forward and 2x for weight gradients on a 2-core
+AVX-512 machine (`benchmarks/conv_backends.py` measures it side by side). The
 options go to `jax.jit(..., compiler_options=...)`, so they apply to our executables
 only and never change how the rest of a user's program compiles.
 """
