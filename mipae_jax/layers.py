@@ -151,7 +151,7 @@ class BatchNorm(nn.Module):
       return y.astype(self.dtype)
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
     if not self.is_initializing():
-      n = x.size // c * (1 if self.axis_name is None else jax.lax.psum(1, self.axis_name))
+      n = x.size // c * (1 if self.axis_name is None else jax.lax.axis_size(self.axis_name))
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
