@@ -22,13 +22,12 @@ Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `layers._chan
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.run import _median_times
 from mipae_jax import compiler, layers
 
 DOWN = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]  # (in size, in, out)
@@ -79,18 +78,6 @@ def _torch_passes(torch, up: bool, cin: int, cout: int, x, k, dy):
   return {'fwd': fwd,
           'dW': lambda: torch.autograd.grad(y_w, mod.weight, tdy, retain_graph=True),
           'dX': lambda: torch.autograd.grad(y_x, txg, tdy, retain_graph=True)}
-
-
-def _median_times(fns: dict, reps: int) -> dict:
-  for fn in fns.values():
-    fn()
-  times = {name: [] for name in fns}
-  for _ in range(reps):
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
-  return {name: statistics.median(v) for name, v in times.items()}
 
 
 def profile_layer(up: bool, size: int, cin: int, cout: int, batch: int, reps: int, torch):

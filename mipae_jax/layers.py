@@ -321,38 +321,34 @@ def _up_bwd(res, dy):
 conv_transpose4x4_up.defvjp(_up_fwd, _up_bwd)
 
 
-class Conv4x4Down(nn.Module):
-  """`Conv2d(in, out, 4, stride=2, padding=1)` with bias: `[B, 2H, 2W, in] -> [B, H, W, out]`.
-
-  Parameters are named and shaped as `nn.Conv`'s (`kernel [4, 4, in, out]`, `bias`).
-  """
+class _Stride2Conv4x4(nn.Module):
+  """A biased 4x4 stride-2 layer computed by `op(x, kernel)`; parameters named and
+  shaped as `nn.Conv`'s (`kernel [4, 4, in, out]`, `bias [out]`)."""
   features: int
   dtype: Dtype = jnp.float32
+  op = None  # Set by subclasses (a class attribute, not a dataclass field).
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = conv4x4_down(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = type(self).op(x.astype(self.dtype), kernel.astype(self.dtype))
     return add_bias(y, bias.astype(self.dtype))
 
 
-class UpConv4x4(nn.Module):
+class Conv4x4Down(_Stride2Conv4x4):
+  """`Conv2d(in, out, 4, stride=2, padding=1)` with bias: `[B, 2H, 2W, in] -> [B, H, W, out]`."""
+  op = conv4x4_down
+
+
+class UpConv4x4(_Stride2Conv4x4):
   """`ConvTranspose2d(in, out, 4, stride=2, padding=1)`: `[B, H, W, in] -> [B, 2H, 2W, out]`.
 
   Computed as four stride-1 2x2 convolutions, one per output phase, then interleaved
   (or, for few output channels, one matmul and an overlap-add); see
   `conv_transpose4x4_up`.
   """
-  features: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
-    return add_bias(y, bias.astype(self.dtype))
+  op = conv_transpose4x4_up
 
 
 class ProjectUp(nn.Module):
