@@ -26,12 +26,9 @@ def bn_scale_init(key, shape, dtype=jnp.float32):
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int | str = 0,
-         dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """A biased convolution with PyTorch's integer padding semantics."""
-  if isinstance(padding, int):
-    padding = ((padding, padding), (padding, padding))
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 kernel_init=weight_init, dtype=dtype, name=name)
+           dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
+  """A biased convolution with PyTorch's integer padding semantics (see `Conv`)."""
+  return Conv(features, kernel, stride, padding, dtype=dtype, name=name)
 
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
@@ -321,34 +318,49 @@ def _up_bwd(res, dy):
 conv_transpose4x4_up.defvjp(_up_fwd, _up_bwd)
 
 
-class _Stride2Conv4x4(nn.Module):
-  """A biased 4x4 stride-2 layer computed by `op(x, kernel)`; parameters named and
-  shaped as `nn.Conv`'s (`kernel [4, 4, in, out]`, `bias [out]`)."""
+class Conv(nn.Module):
+  """A biased square convolution, `[B, H, W, in] -> [B, H', W', out]`.
+
+  Parameters are named and shaped as `nn.Conv`'s (`kernel [k, k, in, out]`, `bias`);
+  `padding` is an int (PyTorch's symmetric padding) or 'VALID'. The DCGAN block's
+  `Conv2d(4, stride=2, padding=1)` runs through `conv4x4_down` (its custom VJP); every
+  bias gradient is a `_channel_sum` (`add_bias`).
+  """
   features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int | str = 0
   dtype: Dtype = jnp.float32
-  op = None  # Set by subclasses (a class attribute, not a dataclass field).
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
+    k = self.kernel_size
+    kernel = self.param('kernel', weight_init, (k, k, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = type(self).op(x.astype(self.dtype), kernel.astype(self.dtype))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if (k, self.stride, self.padding) == (4, 2, 1):
+      y = conv4x4_down(x, kernel)
+    else:
+      y = _conv(x, kernel, self.stride, self.padding)
     return add_bias(y, bias.astype(self.dtype))
 
 
-class Conv4x4Down(_Stride2Conv4x4):
-  """`Conv2d(in, out, 4, stride=2, padding=1)` with bias: `[B, 2H, 2W, in] -> [B, H, W, out]`."""
-  op = conv4x4_down
-
-
-class UpConv4x4(_Stride2Conv4x4):
+class UpConv4x4(nn.Module):
   """`ConvTranspose2d(in, out, 4, stride=2, padding=1)`: `[B, H, W, in] -> [B, 2H, 2W, out]`.
 
   Computed as four stride-1 2x2 convolutions, one per output phase, then interleaved
   (or, for few output channels, one matmul and an overlap-add); see
   `conv_transpose4x4_up`.
   """
-  op = conv_transpose4x4_up
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
+    return add_bias(y, bias.astype(self.dtype))
 
 
 class ProjectUp(nn.Module):

@@ -42,7 +42,7 @@ class DCGANBlock(nn.Module):
     if self.up:
       x = layers.UpConv4x4(self.features, dtype=self.dtype, name='conv')(x)
     else:
-      x = layers.Conv4x4Down(self.features, dtype=self.dtype, name='conv')(x)
+      x = layers.conv(self.features, 4, 2, 1, dtype=self.dtype, name='conv')(x)
     x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
     return layers.leaky_relu(x)
 
