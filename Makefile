@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench gpu-wheels clean
 
 DEMO_WORKDIR ?= workdirs/demo
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.run --quick
+
+# Wheels that a GPU machine's preinstalled image may lack, for benchmarks/gpu.sh there.
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps -d .whl ml-collections==1.1.0
 
 lint: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks

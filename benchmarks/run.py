@@ -12,11 +12,18 @@ GFLOP/s, compile time, memory, and the AE step time at several batch sizes.
 
 Threads: torch uses `--threads` (default 2) intra-op threads; XLA:CPU runs its Eigen pool
 on every core it sees (set `--threads` to the core count for a fair match).
+
+On a GPU, PyTorch runs on the same card (`--torch_device`, default: CUDA whenever JAX is
+on a GPU) and each timed call waits for the card. `--dtype bfloat16` computes in bfloat16
+on both sides with float32 parameters (`config.model.dtype` for mipae_jax, `torch.autocast`
+for the reference). With a known card (or `--peak_tflops`) it also prints the fraction of
+the card's dense peak that each side reaches.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import resource
@@ -27,9 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs import default
-from mipae_jax import models, parallel, train
-from mipae_jax.data import dsprites
+from mipae_jax import data, models, parallel, train
+
+# Dense peak TFLOP/s from NVIDIA's datasheets: float32 on CUDA cores, TF32 and bfloat16 on
+# tensor cores. Matched against `device_kind` in this order (the PCIe H100 is slower).
+PEAK_TFLOPS = (
+    ('H100 PCIe', {'float32': 51.2, 'tf32': 378.0, 'bfloat16': 756.0}),
+    ('H100', {'float32': 66.9, 'tf32': 494.7, 'bfloat16': 989.4}),
+    ('H200', {'float32': 66.9, 'tf32': 494.7, 'bfloat16': 989.4}),
+    ('A100', {'float32': 19.5, 'tf32': 156.0, 'bfloat16': 312.0}),
+)
 
 
 def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
@@ -46,15 +60,47 @@ def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _config(batch: int):
-  c = default.get_config()
+def _config(batch: int, module: str = 'experiments.configs.default', dtype: str = 'float32'):
+  c = importlib.import_module(module).get_config()
   c.batch_size = batch
+  c.model.dtype = dtype
   return c
 
 
 def _videos(source, key, batch):
   v = source.jit_sample_batch(key, batch, 'train')[0]
   return np.asarray(v)
+
+
+def peak_tflops(device_kind: str, dtype: str) -> tuple[float, str] | None:
+  """(dense peak TFLOP/s, which peak) of a known card for `dtype`; None if unknown.
+  float32 convolutions run on TF32 tensor cores by default in both XLA and cuDNN, so
+  float32 is measured against the TF32 peak."""
+  for name, peaks in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      key = 'tf32' if dtype == 'float32' else dtype
+      return peaks[key], f'{name} {key}'
+  return None
+
+
+def _torch_device(torch, requested: str) -> str:
+  """The torch device to compare on: the accelerator JAX uses, unless told otherwise."""
+  if requested != 'auto':
+    return requested
+  if jax.default_backend() == 'gpu':
+    if not torch.cuda.is_available():
+      raise SystemExit('JAX runs on a GPU but this torch has no CUDA: a GPU-vs-CPU ratio '
+                       'means nothing. Install a CUDA build of torch, or pass '
+                       '--torch_device cpu to compare anyway.')
+    return 'cuda'
+  return 'cpu'
+
+
+def _device_memory() -> str:
+  """Peak accelerator memory of JAX's first device, where the backend reports it."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return 'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'
 
 
 class JaxAE:
@@ -135,28 +181,65 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=0, help='timed rounds (default 5 / 7)')
   parser.add_argument('--no_torch_channels_last', action='store_true')
   parser.add_argument('--skip', default='', help='comma list of: ae,lstm,data,e2e,sweep')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='compute dtype of both sides; parameters stay float32')
+  parser.add_argument('--torch_device', default='auto',
+                      help="torch device: 'auto' (CUDA when JAX is on a GPU), 'cpu', 'cuda'")
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
+                      help='dense peak of the card for --dtype (default: known cards only)')
+  parser.add_argument('--config', default='experiments.configs.default',
+                      help='config module (the default is the benchmarked setting)')
   args = parser.parse_args(argv)
   import torch
 
   from benchmarks import torch_reference as ref
 
   torch.set_num_threads(args.threads)
+  dev = _torch_device(torch, args.torch_device)
   reps = args.reps or (3 if args.quick else 7)
   skip = set(filter(None, args.skip.split(',')))
   cl = not args.no_torch_channels_last
   b = args.batch
   jae = tae = ae_at_batch = None
-  config = _config(b)
-  t_frames = config.data.input_frames + config.data.target_frames
+  config = _config(b, args.config, args.dtype)
+  d = config.data
+  t_frames = d.input_frames + d.target_frames
+  kind = jax.devices()[0].device_kind
+  peak = ((args.peak_tflops, f'given {args.dtype}') if args.peak_tflops
+          else peak_tflops(kind, args.dtype))
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores '
-        f'visible; jax {jax.__version__} on {jax.devices()[0].device_kind} '
-        f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}); torch {torch.__version__}, '
-        f'{torch.get_num_threads()} threads, channels_last={cl}')
-  print(f'batch {b}, {t_frames} frames of 64x64x3, {reps} alternating rounds, medians')
-  source = dsprites.MovingDSprites(num_frames=t_frames, channels=3)
+        f'visible; jax {jax.__version__} on {kind} '
+        f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}); torch {torch.__version__} on '
+        f'{dev}, {torch.get_num_threads()} threads, channels_last={cl}')
+  if dev.startswith('cuda'):
+    print(f'torch: {torch.cuda.get_device_name(dev)}; TF32 for float32 convolutions '
+          f'{torch.backends.cudnn.allow_tf32}, for matmuls '
+          f'{torch.backends.cuda.matmul.allow_tf32}')
+  print(f'batch {b}, {t_frames} frames of {d.image_size}x{d.image_size}x{d.channels}, '
+        f'{args.dtype} compute, {reps} alternating rounds, medians')
+  source = data.make_source(d)
   video = _videos(source, jax.random.key(10), b)
   critic_video = _videos(source, jax.random.key(11), b)
   rows = []
+
+  def synced(fn):
+    """`fn` that returns once torch's queued kernels are done (CUDA is asynchronous)."""
+    def call():
+      fn()
+      ref.synchronize(dev)
+    return call
+
+  def trainer(cls, c):
+    return cls(c, channels_last=cl, device=dev, dtype=args.dtype)
+
+  def rates(name, fl, s_jax, tfl, s_torch, compiled, compile_s):
+    of_peak = ''
+    if peak:
+      of_peak = (f' ({fl / s_jax / 1e12 / peak[0]:.1%} of the {peak[1]} peak, torch '
+                 f'{tfl / s_torch / 1e12 / peak[0]:.1%})')
+    print(f'{name}: XLA {fl / 1e9:.1f} GFLOP/iteration -> {fl / s_jax / 1e9:.0f} GFLOP/s; '
+          f'torch {tfl / 1e9:.1f} GFLOP -> {tfl / s_torch / 1e9:.0f} GFLOP/s{of_peak}; '
+          f'compile {compile_s:.1f} s; memory {_memory(compiled)}')
 
   def report(name, s_jax, s_torch, unit='steps/s'):
     ratio = s_torch / s_jax
@@ -167,28 +250,22 @@ def main(argv=None):
 
   if 'ae' not in skip:
     jae = JaxAE(config, video, critic_video)
-    tae = ref.AutoencoderTrainer(config, channels_last=cl)
-    tv, tcv = ref.video_to_torch(video, cl), ref.video_to_torch(critic_video, cl)
-    med = _median_times({'jax': jae, 'torch': lambda: tae.step(tcv, tv)}, reps)
+    tae = trainer(ref.AutoencoderTrainer, config)
+    tv, tcv = ref.video_to_torch(video, cl, dev), ref.video_to_torch(critic_video, cl, dev)
+    med = _median_times({'jax': jae, 'torch': synced(lambda: tae.step(tcv, tv))}, reps)
     report('ae_iteration', med['jax'], med['torch'])
-    fl = _flops(jae.compiled)
-    tfl = _torch_flops(lambda: tae.step(tcv, tv))
-    print(f'ae_iteration: XLA {fl / 1e9:.1f} GFLOP/iteration -> {fl / med["jax"] / 1e9:.0f} '
-          f'GFLOP/s; torch {tfl / 1e9:.1f} GFLOP -> {tfl / med["torch"] / 1e9:.0f} GFLOP/s; '
-          f'compile {jae.compile_s:.1f} s; memory {_memory(jae.compiled)}')
+    rates('ae_iteration', _flops(jae.compiled), med['jax'],
+          _torch_flops(lambda: tae.step(tcv, tv)), med['torch'], jae.compiled, jae.compile_s)
     ae_at_batch = (med['jax'], med['torch'])
 
   if 'lstm' not in skip:
     jl = JaxLSTM(config, video)
-    tl = ref.LSTMTrainer(config, channels_last=cl)
-    tv = ref.video_to_torch(video, cl)
-    med = _median_times({'jax': jl, 'torch': lambda: tl.step(tv)}, reps)
+    tl = trainer(ref.LSTMTrainer, config)
+    tv = ref.video_to_torch(video, cl, dev)
+    med = _median_times({'jax': jl, 'torch': synced(lambda: tl.step(tv))}, reps)
     report('lstm_iteration', med['jax'], med['torch'])
-    fl = jl.flops(config)
-    tfl = _torch_flops(lambda: tl.step(tv))
-    print(f'lstm_iteration: XLA {fl / 1e9:.1f} GFLOP/iteration -> {fl / med["jax"] / 1e9:.0f} '
-          f'GFLOP/s; torch {tfl / 1e9:.1f} GFLOP -> {tfl / med["torch"] / 1e9:.0f} GFLOP/s; '
-          f'compile {jl.compile_s:.1f} s; memory {_memory(jl.compiled)}')
+    rates('lstm_iteration', jl.flops(config), med['jax'], _torch_flops(lambda: tl.step(tv)),
+          med['torch'], jl.compiled, jl.compile_s)
     del jl, tl
 
   if 'data' not in skip:
@@ -214,7 +291,7 @@ def main(argv=None):
     # host->tensor transpose view, and the torch step.
     if 'ae' in skip:
       jae = JaxAE(config, video, critic_video)
-      tae = ref.AutoencoderTrainer(config, channels_last=cl)
+      tae = trainer(ref.AutoencoderTrainer, config)
     sample2 = jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
                                  'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
                                                                      b)[0]})
@@ -227,7 +304,8 @@ def main(argv=None):
     def torch_e2e():
       vids = [np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
               for _ in range(2)]
-      tae.step(ref.video_to_torch(vids[1], cl), ref.video_to_torch(vids[0], cl))
+      tae.step(ref.video_to_torch(vids[1], cl, dev), ref.video_to_torch(vids[0], cl, dev))
+      ref.synchronize(dev)
 
     med = _median_times({'jax': jax_e2e, 'torch': torch_e2e}, max(3, reps // 2))
     report('end_to_end', med['jax'], med['torch'])
@@ -240,16 +318,17 @@ def main(argv=None):
         print(f'batch {bs}: ae_iteration mipae_jax {sj * 1e3:.0f} ms | torch {st * 1e3:.0f} ms '
               f'| ratio jax/torch {st / sj:.2f}')
         continue
-      c = _config(bs)
+      c = _config(bs, args.config, args.dtype)
       v, cv = video[:bs], critic_video[:bs]
       if bs > b:
         v = _videos(source, jax.random.key(20), bs)
         cv = _videos(source, jax.random.key(21), bs)
       jae = JaxAE(c, v, cv)
-      tae = ref.AutoencoderTrainer(c, channels_last=cl)
-      tv, tcv = ref.video_to_torch(v, cl), ref.video_to_torch(cv, cl)
-      med = _median_times({'jax': jae, 'torch': lambda t=tae, a=tcv, v=tv: t.step(a, v)},
-                          2 if args.quick else 3)
+      tae = trainer(ref.AutoencoderTrainer, c)
+      tv, tcv = ref.video_to_torch(v, cl, dev), ref.video_to_torch(cv, cl, dev)
+      med = _median_times(
+          {'jax': jae, 'torch': synced(lambda t=tae, a=tcv, v=tv: t.step(a, v))},
+          2 if args.quick else 3)
       print(f'batch {bs}: ae_iteration mipae_jax {med["jax"] * 1e3:.0f} ms (compile '
             f'{jae.compile_s:.0f} s) | torch {med["torch"] * 1e3:.0f} ms | ratio jax/torch '
             f'{med["torch"] / med["jax"]:.2f}')
@@ -257,6 +336,9 @@ def main(argv=None):
 
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(f'peak resident memory of this process (both frameworks): {rss:.2f} GiB')
+  if dev.startswith('cuda'):
+    print(f'peak device memory: mipae_jax {_device_memory()} | torch '
+          f'{torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB (allocated)')
   print('\n| measurement | mipae_jax | torch reference | ratio jax/torch (speed) |')
   print('|---|---|---|---|')
   for name, sj, st, r in rows:

@@ -15,11 +15,15 @@ PyTorch code, so `state_dict()` keys are the keys of its checkpoints:
 
 Frames are `[B, C, H, W]` tensors (channels-last memory format when the step asks for it);
 videos are time-first `[T, B, C, H, W]`, as the published training loop indexed them.
+The trainers run on any torch device (`device='cuda'` on a GPU) and take `dtype='bfloat16'`
+for bfloat16 compute under `torch.autocast`, parameters and optimiser state in float32
+(what `config.model.dtype = 'bfloat16'` does in mipae_jax).
 Requires torch (the `bench` extra pins torch==2.13.0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -142,8 +146,8 @@ class PoseLSTM(nn.Module):
     self.lstm = nn.ModuleList([nn.LSTMCell(hidden, hidden) for _ in range(layers)])
     self.output = nn.Sequential(nn.Linear(hidden, output_size), nn.Tanh())
 
-  def init_hidden(self, batch_size):
-    z = torch.zeros(batch_size, self.hidden_size)
+  def init_hidden(self, batch_size, device=None):
+    z = torch.zeros(batch_size, self.hidden_size, device=device)
     return [(z, z) for _ in self.lstm]
 
   def forward(self, x, hidden):
@@ -292,11 +296,37 @@ def init_weights(module, generator=None):
       nn.init.zeros_(m.bias)
 
 
-def video_to_torch(video, channels_last=True):
-  """`[B, T, H, W, C]` array -> time-first `[T, B, C, H, W]` tensor whose frames have
-  channels-last strides when `channels_last` (no copy then), else contiguous NCHW."""
+def video_to_torch(video, channels_last=True, device='cpu'):
+  """`[B, T, H, W, C]` array -> time-first `[T, B, C, H, W]` tensor on `device` whose
+  frames have channels-last strides when `channels_last` (no copy then on the CPU; the
+  host-to-device copy keeps them), else contiguous NCHW."""
   v = torch.from_numpy(np.array(video, np.float32)).permute(1, 0, 4, 2, 3)
-  return v if channels_last else v.contiguous()
+  return (v if channels_last else v.contiguous()).to(device)
+
+
+def synchronize(device) -> None:
+  """Waits for `device`'s queued kernels (CUDA runs asynchronously; the CPU does not)."""
+  if torch.device(device).type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
+def _check_dtype(dtype: str) -> str:
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"dtype: expected 'float32' or 'bfloat16', found {dtype!r}")
+  return dtype
+
+
+def _autocast(device, dtype: str):
+  """bfloat16 compute for the forward passes (parameters stay float32), or nothing."""
+  if dtype == 'float32':
+    return contextlib.nullcontext()
+  return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _prepare(net, device, channels_last):
+  net.to(device)
+  if channels_last:
+    net.to(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------- Steps.
@@ -305,21 +335,22 @@ def video_to_torch(video, channels_last=True):
 class AutoencoderTrainer:
   """One autoencoder iteration (SPEC section 2): critic step, then model step.
 
-  `step(critic_video, video)` takes time-first `[T, B, C, H, W]` tensors. Random frame
-  indices and permutations come from `self.gen` (a seeded torch.Generator).
+  `step(critic_video, video)` takes time-first `[T, B, C, H, W]` tensors on `device`.
+  Random frame indices and permutations come from `self.gen` (a seeded CPU
+  torch.Generator, so they are the same on every device).
   """
 
-  def __init__(self, config, seed=0, channels_last=True):
+  def __init__(self, config, seed=0, channels_last=True, device='cpu', dtype='float32'):
     torch.manual_seed(seed)
-    self.config = config
+    self.config, self.device = config, torch.device(device)
+    self.dtype = _check_dtype(dtype)
     nets = build(config)
     self.ec, self.ep, self.dec = nets['content_encoder'], nets['pose_encoder'], nets['decoder']
     self.critic = nets['critic']
     for net in (self.ec, self.ep, self.dec, self.critic):
       init_weights(net)
       net.train()
-      if channels_last:
-        net.to(memory_format=torch.channels_last)
+      _prepare(net, self.device, channels_last)
     self.skips = config.model.arch == 'vgg' or bool(config.model.skips)
     o = config.optim
     self.model_params = [*self.ec.parameters(), *self.ep.parameters(), *self.dec.parameters()]
@@ -331,13 +362,19 @@ class AutoencoderTrainer:
   def _randint(self, lo, hi):
     return int(torch.randint(lo, hi, (), generator=self.gen))
 
+  def _randperm(self, n):
+    return torch.randperm(n, generator=self.gen).to(self.device)
+
   def critic_step(self, video):
     t = video.shape[0]
-    with torch.no_grad():  # Encoder gradients are stopped; BN statistics still update.
+    with torch.no_grad(), _autocast(self.device, self.dtype):
+      # Encoder gradients are stopped; BN statistics still update.
       a = self.ep(video[self._randint(0, t)])
       b = self.ep(video[self._randint(0, t)])
-    b_neg = b[torch.randperm(b.shape[0], generator=self.gen)]
-    t_joint, t_marg = self.critic(a, b), self.critic(a, b_neg)
+    b_neg = b[self._randperm(b.shape[0])]
+    with _autocast(self.device, self.dtype):
+      t_joint, t_marg = self.critic(a, b), self.critic(a, b_neg)
+    t_joint, t_marg = t_joint.float(), t_marg.float()
     loss = F.softplus(-t_joint).mean() + F.softplus(t_marg).mean()  # -JS objective.
     self.opt_critic.zero_grad(set_to_none=True)
     loss.backward()
@@ -348,23 +385,27 @@ class AutoencoderTrainer:
     lc = self.config.loss
     t = video.shape[0]
     k, r = self._randint(1, t), self._randint(0, t)
-    perm = torch.randperm(video.shape[1], generator=self.gen)
+    perm = self._randperm(video.shape[1])
     xk = video[k]
-    h_c, skips = self.ec(video[0])
-    with torch.no_grad():  # Targets: E_c(x[k]) and E_p(x[r]) carry no gradient.
-      h_c_k = self.ec(xk)[0]
-    h_p = self.ep(xk)
-    with torch.no_grad():
-      h_p_r = self.ep(video[r])
-    recon = self.dec(h_c, h_p, skips if self.skips else None)
+    with _autocast(self.device, self.dtype):
+      h_c, skips = self.ec(video[0])
+      with torch.no_grad():  # Targets: E_c(x[k]) and E_p(x[r]) carry no gradient.
+        h_c_k = self.ec(xk)[0]
+      h_p = self.ep(xk)
+      with torch.no_grad():
+        h_p_r = self.ep(video[r])
+      recon = self.dec(h_c, h_p, skips if self.skips else None)
+      # The critic is fixed here: no gradient for its parameters (saves their backward).
+      for p in self.critic.parameters():
+        p.requires_grad_(False)
+      t_joint, t_marg = self.critic(h_p, h_p_r), self.critic(h_p, h_p_r[perm])
+      for p in self.critic.parameters():
+        p.requires_grad_(True)
+    # Losses in float32, as mipae_jax computes them.
+    h_c, h_c_k, recon = h_c.float(), h_c_k.float(), recon.float()
+    t_joint, t_marg = t_joint.float(), t_marg.float()
     l_sim = F.mse_loss(h_c, h_c_k)
     l_recon = F.mse_loss(recon, xk)
-    # The critic is fixed here: no gradient for its parameters (saves their backward).
-    for p in self.critic.parameters():
-      p.requires_grad_(False)
-    t_joint, t_marg = self.critic(h_p, h_p_r), self.critic(h_p, h_p_r[perm])
-    for p in self.critic.parameters():
-      p.requires_grad_(True)
     l_mi = t_joint.mean() - torch.exp(t_marg).mean() + 1.0
     loss = l_recon + lc.alpha * l_sim + lc.beta * l_mi
     self.opt.zero_grad(set_to_none=True)
@@ -382,31 +423,33 @@ class LSTMTrainer:
   `mipae_jax.train.lstm_train_step`): all frames' poses in one batched no-grad pass, then
   teacher forcing over t = 1..T-1."""
 
-  def __init__(self, config, seed=0, channels_last=True):
+  def __init__(self, config, seed=0, channels_last=True, device='cpu', dtype='float32'):
     torch.manual_seed(seed)
-    self.config = config
+    self.config, self.device = config, torch.device(device)
+    self.dtype = _check_dtype(dtype)
     nets = build(config)
     self.ec, self.ep, self.lstm = nets['content_encoder'], nets['pose_encoder'], nets['lstm']
     for net in (self.ec, self.ep):
       init_weights(net)
       net.eval()
-      if channels_last:
-        net.to(memory_format=torch.channels_last)
+      _prepare(net, self.device, channels_last)
+    self.lstm.to(self.device)
     o = config.lstm_optim
     self.opt = torch.optim.Adam(self.lstm.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
     self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
   def step(self, video):
     t, b = video.shape[:2]
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(self.device, self.dtype):
       h_c = self.ec(video[self.config.data.input_frames - 1])[0]
       frames = video.flatten(0, 1).contiguous(memory_format=self.memory_format)
       h_p = self.ep(frames).reshape(t, b, -1)
-    hidden = self.lstm.init_hidden(b)
+    hidden = self.lstm.init_hidden(b, self.device)
     loss = 0.0
     for i in range(1, t):
-      pred, hidden = self.lstm(torch.cat([h_p[i - 1], h_c], 1), hidden)
-      loss = loss + F.mse_loss(pred, h_p[i])
+      with _autocast(self.device, self.dtype):
+        pred, hidden = self.lstm(torch.cat([h_p[i - 1], h_c], 1), hidden)
+      loss = loss + F.mse_loss(pred.float(), h_p[i].float())
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()

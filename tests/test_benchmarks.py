@@ -1,0 +1,69 @@
+"""The side-by-side benchmark harness (`benchmarks/run.py`) and the reference's devices and
+dtypes. Timings are never asserted (they live in BENCHMARKS.md); these tests check that the
+harness runs, prints every ratio line it promises, and compares like with like."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    'torch', reason='PyTorch is not installed (pip install -e .[bench] pins torch==2.13.0); '
+    'the benchmark compares against it.')
+
+from benchmarks import run  # noqa: E402
+from benchmarks import torch_reference as ref  # noqa: E402
+from experiments.configs import tiny  # noqa: E402
+
+
+def test_peak_table_matches_cards_and_uses_tf32_for_float32():
+  assert run.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == (989.4, 'H100 bfloat16')
+  assert run.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == (756.0, 'H100 PCIe bfloat16')
+  assert run.peak_tflops('NVIDIA H200', 'float32') == (494.7, 'H200 tf32')
+  assert run.peak_tflops('cpu', 'float32') is None
+
+
+def test_torch_follows_jax_onto_the_accelerator(monkeypatch):
+  assert run._torch_device(torch, 'auto') == jax.default_backend().replace('gpu', 'cuda')
+  assert run._torch_device(torch, 'cpu') == 'cpu'
+  monkeypatch.setattr(run.jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+  with pytest.raises(SystemExit, match='--torch_device cpu'):
+    run._torch_device(torch, 'auto')
+
+
+def _tiny_videos(batch=4):
+  c = tiny.get_config()
+  t = c.data.input_frames + c.data.target_frames
+  rng = np.random.default_rng(0)
+  v = rng.random((batch, t, c.data.image_size, c.data.image_size, 3), np.float32)
+  return c, ref.video_to_torch(v), ref.video_to_torch(v[::-1].copy())
+
+
+def test_reference_bfloat16_computes_in_bfloat16_with_float32_parameters():
+  c, video, critic_video = _tiny_videos()
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    tr = ref.AutoencoderTrainer(c, seed=0, dtype=dtype)  # Same seed: same weights, indices.
+    losses[dtype] = float(tr.step(critic_video, video))
+    assert all(p.dtype == torch.float32 for p in tr.model_params)
+    assert all(p.dtype == torch.float32 for p in tr.critic.parameters())
+  assert np.isfinite(losses['bfloat16'])
+  assert losses['bfloat16'] != losses['float32']  # bfloat16 rounding shows...
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.05)  # ...slightly.
+  with pytest.raises(ValueError, match="'float32' or 'bfloat16'"):
+    ref.AutoencoderTrainer(c, dtype='float16')
+
+
+def test_benchmark_prints_every_ratio(capsys):
+  run.main(['--config', 'experiments.configs.tiny', '--batch', '2', '--reps', '1',
+            '--skip', 'sweep', '--peak_tflops', '1'])
+  out = capsys.readouterr().out
+  ratios = dict(re.findall(r'^ratio (\w+) [\w/]+: ([\d.]+)$', out, re.M))
+  assert set(ratios) == {'ae_iteration', 'lstm_iteration', 'data_stream', 'end_to_end'}
+  assert all(float(r) > 0 for r in ratios.values())
+  assert re.search(r'ae_iteration: XLA [\d.]+ GFLOP/iteration .* of the given float32 peak', out)
+  table = [line for line in out.splitlines() if line.startswith('| ') and 'ms |' in line]
+  assert [row.split(' | ')[0][2:] for row in table] == [
+      'ae_iteration', 'lstm_iteration', 'data_batch', 'end_to_end']
