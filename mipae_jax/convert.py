@@ -14,6 +14,11 @@ Layouts: conv weights `[out, in, kh, kw]` -> `[kh, kw, in, out]`; transposed-con
 `[in, out, kh, kw]` -> `[kh, kw, in, out]` (see `mipae_jax.layers`); linear weights
 `[out, in]` -> `[in, out]`; BatchNorm weight/bias/running_mean/running_var -> scale/bias
 (params) and mean/var (batch_stats). `num_batches_tracked` is not used (momentum is fixed).
+
+A published convolution that feeds a BatchNorm has a bias; mipae_jax's has none (see
+`mipae_jax.layers`). Such a bias `b` is folded into the BatchNorm's running mean as
+`mean - b`, which is exact: in inference mode `(conv + b - mean)` equals
+`(conv - (mean - b))`, and in training mode the batch mean removes `b` anyway.
 """
 
 from __future__ import annotations
@@ -167,6 +172,43 @@ def _strip_module_prefix(sd: Mapping) -> Mapping:
   return sd
 
 
+def folded_bias_key(net: str, bn_path: tuple[str, ...], config, params_template) -> str | None:
+  """The published key of the convolution bias folded into BatchNorm `bn_path`'s running
+  mean, or None where the convolution before it keeps its bias (or there is none).
+
+  The convolution that feeds BatchNorm `.../xbn` is `.../xconv` (`c1/bn` <- `c1/conv`,
+  `bn_out` <- `conv_out`, `downsample_bn` <- `downsample_conv`).
+  """
+  conv_path = bn_path[:-1] + (bn_path[-1].replace('bn', 'conv'),)
+  module = params_template
+  for name in conv_path:
+    if name not in module:
+      return None
+    module = module[name]
+  if 'kernel' not in module or 'bias' in module:
+    return None
+  return torch_key(net, conv_path + ('bias',), config)[0]
+
+
+def _fold_conv_biases(net, stats, params_template, sd, config, used):
+  """`stats` with each bias-free convolution's published bias folded into the running
+  mean of the BatchNorm after it (module docstring)."""
+  flat = traverse_util.flatten_dict(stats)
+  for path in list(flat):
+    if path[-1] != 'mean':
+      continue
+    key = folded_bias_key(net, path[:-1], config, params_template)
+    if key is None or key not in sd:  # A checkpoint saved without that bias: nothing to fold.
+      continue
+    bias = _as_numpy(sd[key]).astype(np.float32)
+    if bias.shape != tuple(flat[path].shape):
+      raise ConversionError(f'{net}: {key!r} has shape {bias.shape}, expected '
+                            f'{tuple(flat[path].shape)} (the channels of the BatchNorm after it).')
+    flat[path] = flat[path] - jnp.asarray(bias)
+    used.add(key)
+  return traverse_util.unflatten_dict(flat)
+
+
 def _convert_tree(net, template, sd, config, used):
   flat = traverse_util.flatten_dict(template)
   out = {}
@@ -220,7 +262,8 @@ def from_torch_state_dict(state_dicts: Mapping[str, Mapping], config) -> tuple[d
     p_template, s_template = templates[net]
     params[net] = _convert_tree(net, p_template, sd, config, used)
     if net in _BN_STATS:
-      stats[net] = _convert_tree(net, s_template, sd, config, used)
+      stats[net] = _fold_conv_biases(net, _convert_tree(net, s_template, sd, config, used),
+                                     p_template, sd, config, used)
     unexpected = sorted(k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIXES))
     if unexpected:
       more = f' (+{len(unexpected) - 8} more)' if len(unexpected) > 8 else ''

@@ -4,6 +4,13 @@ Every array is channels-last (`[B, H, W, C]`). Transposed-convolution kernels ar
 stored as `[kh, kw, in, out]` with PyTorch's `ConvTranspose2d` meaning (the weight
 `w[in, out, kh, kw]` transposed), so published checkpoints convert by a transpose and
 nothing else.
+
+Convolutions that feed a BatchNorm carry no bias (`use_bias=False`). BatchNorm subtracts
+the per-channel mean, so such a bias never changes an output and its gradient is exactly
+zero; computed, it is float-rounding noise, which Adam (dividing by the gradient's own
+scale) turns into full learning-rate steps. The published code's biases drift that way
+and make a run depend on summation order (device count, layout). `mipae_jax.convert`
+folds a published bias into the running mean that follows it, which is exact.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ def bn_scale_init(key, shape, dtype=jnp.float32):
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int | str = 0,
-           dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
-  """A biased convolution with PyTorch's integer padding semantics (see `Conv`)."""
-  return Conv(features, kernel, stride, padding, dtype=dtype, name=name)
+         use_bias: bool = True, dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
+  """A convolution with PyTorch's integer padding semantics (see `Conv`)."""
+  return Conv(features, kernel, stride, padding, use_bias, dtype=dtype, name=name)
 
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
@@ -318,31 +325,39 @@ def _up_bwd(res, dy):
 conv_transpose4x4_up.defvjp(_up_fwd, _up_bwd)
 
 
-class Conv(nn.Module):
-  """A biased square convolution, `[B, H, W, in] -> [B, H', W', out]`.
+def _maybe_bias(module: nn.Module, y, use_bias: bool):
+  """`y + bias` with the module's `bias [C]` parameter (its gradient a `_channel_sum`)."""
+  if not use_bias:
+    return y
+  bias = module.param('bias', nn.initializers.zeros, (y.shape[-1],))
+  return add_bias(y, bias.astype(y.dtype))
 
-  Parameters are named and shaped as `nn.Conv`'s (`kernel [k, k, in, out]`, `bias`);
-  `padding` is an int (PyTorch's symmetric padding) or 'VALID'. The DCGAN block's
-  `Conv2d(4, stride=2, padding=1)` runs through `conv4x4_down` (its custom VJP); every
-  bias gradient is a `_channel_sum` (`add_bias`).
+
+class Conv(nn.Module):
+  """A square convolution, `[B, H, W, in] -> [B, H', W', out]`.
+
+  Parameters are named and shaped as `nn.Conv`'s (`kernel [k, k, in, out]`, `bias` unless
+  `use_bias=False`); `padding` is an int (PyTorch's symmetric padding) or 'VALID'. The
+  DCGAN block's `Conv2d(4, stride=2, padding=1)` runs through `conv4x4_down` (its custom
+  VJP); a bias gradient is a `_channel_sum` (`add_bias`).
   """
   features: int
   kernel_size: int
   stride: int = 1
   padding: int | str = 0
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param('kernel', weight_init, (k, k, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if (k, self.stride, self.padding) == (4, 2, 1):
       y = conv4x4_down(x, kernel)
     else:
       y = _conv(x, kernel, self.stride, self.padding)
-    return add_bias(y, bias.astype(self.dtype))
+    return _maybe_bias(self, y, self.use_bias)
 
 
 class UpConv4x4(nn.Module):
@@ -353,14 +368,14 @@ class UpConv4x4(nn.Module):
   `conv_transpose4x4_up`.
   """
   features: int
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
     y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
-    return add_bias(y, bias.astype(self.dtype))
+    return _maybe_bias(self, y, self.use_bias)
 
 
 class ProjectUp(nn.Module):
@@ -370,15 +385,15 @@ class ProjectUp(nn.Module):
   """
   features: int
   size: int = 4
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z):
     kernel = self.param('kernel', weight_init,
                         (self.size, self.size, z.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
     y = jnp.einsum('bi,yxio->byxo', z.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return _maybe_bias(self, y, self.use_bias)
 
 
 class ConvTranspose3x3(nn.Module):
@@ -390,10 +405,9 @@ class ConvTranspose3x3(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (3, 3, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
     xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = _conv_valid(xp, kernel[::-1, ::-1].astype(self.dtype))
-    return add_bias(y, bias.astype(self.dtype))
+    return _maybe_bias(self, y, True)
 
 
 class LSTMCell(nn.Module):

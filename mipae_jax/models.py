@@ -5,6 +5,7 @@ Frames are `[B, H, W, C]` floats in [0, 1]. Two families:
 - `vgg` (MPI3D): `VGGContentEncoder`, `ResNetPoseEncoder`, `VGGDecoder`.
 Submodule names follow the published PyTorch attribute names (`c1`..`c5`,
 `upc1`..`upc5`, `layer1`..), so checkpoint keys are stable and map one to one.
+A convolution that feeds a BatchNorm has no bias (why: `mipae_jax.layers`).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ class DCGANBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     if self.up:
-      x = layers.UpConv4x4(self.features, dtype=self.dtype, name='conv')(x)
+      x = layers.UpConv4x4(self.features, use_bias=False, dtype=self.dtype, name='conv')(x)
     else:
-      x = layers.conv(self.features, 4, 2, 1, dtype=self.dtype, name='conv')(x)
+      x = layers.conv(self.features, 4, 2, 1, use_bias=False, dtype=self.dtype, name='conv')(x)
     x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
     return layers.leaky_relu(x)
 
@@ -62,7 +63,8 @@ class _DCGANEncoder(nn.Module):
       h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
                      name=f'c{i + 1}')(h, train)
       skips.append(h)
-    h = layers.conv(self.dim, 4, 1, 'VALID', dtype=self.dtype, name=f'c{n + 1}_conv')(h)
+    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype,
+                    name=f'c{n + 1}_conv')(h)
     h = layers.batch_norm(train, self.axis_name, self.dtype, name=f'c{n + 1}_bn')(h)
     z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
     return z, tuple(skips)
@@ -107,7 +109,8 @@ class Decoder(nn.Module):
     if self.skips and (skips is None or len(skips) != n):
       raise ValueError(f'Decoder(skips=True) needs the {n} content-encoder block outputs.')
     z = jnp.concatenate([z_c, z_p], axis=-1)
-    h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, dtype=self.dtype, name='upc1_conv')(z)
+    h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, use_bias=False, dtype=self.dtype,
+                         name='upc1_conv')(z)
     h = layers.batch_norm(train, self.axis_name, self.dtype, name='upc1_bn')(h)
     h = layers.leaky_relu(h)
     for i in range(n - 1):
@@ -171,7 +174,7 @@ class VGGLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = layers.conv(self.features, 3, 1, 1, dtype=self.dtype, name='conv')(x)
+    x = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=self.dtype, name='conv')(x)
     x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
     return layers.leaky_relu(x)
 
@@ -211,7 +214,8 @@ class VGGContentEncoder(nn.Module):
       for j in range(depth):
         h = VGGLayer(self.nf * mult, self.axis_name, self.dtype, name=f'c{s + 1}_{j}')(h, train)
       skips.append(h)
-    h = layers.conv(self.dim, 4, 1, 'VALID', dtype=self.dtype, name='c5_conv')(_max_pool(h))
+    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, name='c5_conv')(
+        _max_pool(h))
     h = layers.batch_norm(train, self.axis_name, self.dtype, name='c5_bn')(h)
     return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim), tuple(skips)
 
@@ -227,7 +231,7 @@ class VGGDecoder(nn.Module):
   @nn.compact
   def __call__(self, z_c, z_p, skips, train: bool = True):
     nf, ax, dt = self.nf, self.axis_name, self.dtype
-    h = layers.ProjectUp(8 * nf, 4, dtype=dt, name='upc1_conv')(
+    h = layers.ProjectUp(8 * nf, 4, use_bias=False, dtype=dt, name='upc1_conv')(
         jnp.concatenate([z_c, z_p], axis=-1))
     h = layers.leaky_relu(layers.batch_norm(train, ax, dt, name='upc1_bn')(h))
     stages = ((8, 8, 4), (4, 4, 2), (2, 1), (1,))  # widths / nf of each stage's layers.
@@ -240,7 +244,8 @@ class VGGDecoder(nn.Module):
 
 
 class BasicBlock(nn.Module):
-  """ResNet basic block with biased 3x3 convs (as the published MPI3D pose encoder)."""
+  """ResNet basic block: 3x3 conv, BN, ReLU, 3x3 conv, BN, residual (1x1 conv + BN where
+  the shape changes), ReLU."""
   features: int
   stride: int = 1
   axis_name: str | None = None
@@ -249,12 +254,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     ax, dt = self.axis_name, self.dtype
-    h = layers.conv(self.features, 3, self.stride, 1, dtype=dt, name='conv1')(x)
+    h = layers.conv(self.features, 3, self.stride, 1, use_bias=False, dtype=dt, name='conv1')(x)
     h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
-    h = layers.conv(self.features, 3, 1, 1, dtype=dt, name='conv2')(h)
+    h = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=dt, name='conv2')(h)
     h = layers.batch_norm(train, ax, dt, name='bn2')(h)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, self.stride, 0, dtype=dt, name='downsample_conv')(x)
+      x = layers.conv(self.features, 1, self.stride, 0, use_bias=False, dtype=dt,
+                      name='downsample_conv')(x)
       x = layers.batch_norm(train, ax, dt, name='downsample_bn')(x)
     return nn.relu(h + x)
 
@@ -272,14 +278,14 @@ class ResNetPoseEncoder(nn.Module):
   def __call__(self, x, train: bool = True):
     _require_64(x, 'ResNetPoseEncoder')
     ax, dt = self.axis_name, self.dtype
-    h = layers.conv(self.nf, 5, 2, 3, dtype=dt, name='conv1')(x)
+    h = layers.conv(self.nf, 5, 2, 3, use_bias=False, dtype=dt, name='conv1')(x)
     h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, mult in enumerate((1, 2, 4, 8)):
       for j in range(2):
         stride = 2 if (s > 0 and j == 0) else 1
         h = BasicBlock(self.nf * mult, stride, ax, dt, name=f'layer{s + 1}_{j}')(h, train)
-    h = layers.conv(self.dim, 3, 1, 'VALID', dtype=dt, name='conv_out')(h)
+    h = layers.conv(self.dim, 3, 1, 'VALID', use_bias=False, dtype=dt, name='conv_out')(h)
     h = layers.batch_norm(train, ax, dt, name='bn_out')(h)
     return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
 
