@@ -63,6 +63,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be written or no usable checkpoint could be restored."""
 
 
+class LayoutMismatchError(ValueError):
+  """A checkpoint holds other parameters than the model restoring it (written by another
+  version of mipae_jax or for another `config.model`); its files are intact."""
+
+
 class ConfigMismatchError(ValueError):
   """The workdir was created with a different config than the one requested."""
 
@@ -120,6 +125,40 @@ def _check_against_target(restored, abstract_state) -> None:
     if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
       raise ValueError(f'leaf {jax.tree_util.keystr(path)}: restored '
                        f'{_describe_leaf(b)}, target {_describe_leaf(a)}')
+
+
+def _leaf_names(tree) -> set[str]:
+  """Dotted leaf paths of a pytree, attribute and dict keys alike
+  (`model.params.decoder.upc1_conv.kernel`)."""
+  names = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names.add('.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                       for k in path))
+  return names
+
+
+def _layout_difference(state_dir: str, abstract_state) -> str | None:
+  """Which parameter and BatchNorm-statistics leaves the checkpoint at `state_dir` lacks
+  or has beyond `abstract_state`; None if they agree or the checkpoint's own metadata is
+  unreadable (then the failure is something else)."""
+  try:
+    meta = ocp.StandardCheckpointer().metadata(state_dir)
+    tree = getattr(meta, 'item_metadata', meta)
+    disk = _leaf_names(getattr(tree, 'tree', tree))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  weights = lambda names: {n for n in names
+                           if 'params' in n.split('.') or n.startswith('batch_stats.')}
+  want = weights(_leaf_names(abstract_state))
+  missing, extra = sorted(want - weights(disk)), sorted(weights(disk) - want)
+  if not (missing or extra):
+    return None
+
+  def some(names):
+    more = f' (+{len(names) - 4} more)' if len(names) > 4 else ''
+    return (', '.join(names[:4]) + more) if names else 'none'
+
+  return f'missing from the checkpoint: {some(missing)}; not in this model: {some(extra)}'
 
 
 def _with_default_sharding(abstract_state):
@@ -373,9 +412,17 @@ class CheckpointStore:
       raise FileNotFoundError(f'{step_dir} is not a complete checkpoint '
                               f'(no {_COMMIT_FILE})')
     target = _with_default_sharding(abstract_state)
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target, strict=True),
-        metadata=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target, strict=True),
+          metadata=ocp.args.JsonRestore()))
+    except ValueError as e:
+      difference = _layout_difference(os.path.join(step_dir, 'state'), abstract_state)
+      if difference is None:
+        raise
+      raise LayoutMismatchError(
+          f'{step_dir} holds other parameters than this model ({difference}). It was '
+          'written by another version of mipae_jax or for another config.model.') from e
     state, meta = out.state, out.metadata
     if not isinstance(meta, dict):
       raise ValueError(f'{step_dir}/metadata: expected a JSON object, got {meta!r}')
@@ -432,11 +479,14 @@ class CheckpointStore:
       return state, meta, candidate
     if not failures:
       raise CheckpointError(f'no complete checkpoint in {self.directory}')
-    raise CheckpointError(
-        f'no checkpoint in {self.directory} could be restored; tried:\n'
-        + '\n'.join(failures)
-        + '\nStart afresh with a new --workdir, or move the damaged step directories '
-        'aside.')
+    if all(LayoutMismatchError.__name__ in f for f in failures):
+      advice = ('These checkpoints are intact but hold another parameter layout: keep '
+                'them for the code that wrote them, and start afresh with a new --workdir. '
+                '(Published PyTorch weights load through mipae_jax.convert.)')
+    else:
+      advice = 'Start afresh with a new --workdir, or move the damaged step directories aside.'
+    raise CheckpointError(f'no checkpoint in {self.directory} could be restored; tried:\n'
+                          + '\n'.join(failures) + '\n' + advice)
 
   def close(self) -> None:
     if self._manager is None:

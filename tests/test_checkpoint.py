@@ -288,9 +288,31 @@ def test_restore_against_other_structure_fails(tmp_path, config, states):
   abstract_other = jax.eval_shape(functools.partial(create_train_state, other),
                                   jax.random.key(0))
   store = ckpt.CheckpointStore(workdir, 'ae')
-  with pytest.raises(ckpt.CheckpointError, match='checkpoint step 1'):
+  with pytest.raises(ckpt.CheckpointError, match='checkpoint step 1') as err:
     store.restore(abstract_other, step=1)
+  assert 'LayoutMismatchError' not in str(err.value)  # Same names: not a layout change.
   store.close()
+
+
+def test_other_parameter_layout_is_named_not_called_damaged(tmp_path, abstract, states):
+  """A checkpoint from another parameter layout (say, one whose convolutions before a
+  BatchNorm still had biases) is reported as intact, naming the leaves that differ."""
+  workdir = str(tmp_path)
+  old = states[1]
+  params = {**old.model.params, 'decoder': {**old.model.params['decoder'],
+                                            'upc1_conv': {**old.model.params['decoder'][
+                                                'upc1_conv'], 'bias': jnp.zeros(3)}}}
+  with ckpt.CheckpointStore(workdir, 'ae') as store:
+    store.save(1, old.replace(model=old.model.replace(params=params)))
+  store = ckpt.CheckpointStore(workdir, 'ae')
+  with pytest.raises(ckpt.CheckpointError) as err:
+    store.restore(abstract)
+  store.close()
+  message = str(err.value)
+  assert 'not in this model: model.params.decoder.upc1_conv.bias' in message
+  assert 'missing from the checkpoint: none' in message
+  assert 'intact' in message and 'damaged' not in message
+  assert os.path.isdir(step_dir(workdir, 1))  # Nothing was moved or deleted.
 
 
 # ------------------------------------------------------------------ Write failures.
