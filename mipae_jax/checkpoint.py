@@ -55,6 +55,7 @@ RESUMABLE_FIELDS = (
     'train.log_every',
     'train.ckpt_every',
     'train.keep_checkpoints',
+    'train.profile_steps',
     'eval',
 )
 

@@ -73,7 +73,7 @@ def validate(config, num_devices: int = 1) -> None:
         _fail(f'{group}.{b}', o[b], 'a number in [0, 1)')
     if not o.eps > 0:
       _fail(f'{group}.eps', o.eps, 'a number > 0')
-  for field in ('train.ae_steps', 'train.lstm_steps'):
+  for field in ('train.ae_steps', 'train.lstm_steps', 'train.profile_steps'):
     _non_negative_int(config, field)
   for field in ('train.log_every', 'train.ckpt_every', 'train.keep_checkpoints',
                 'eval.mig_samples', 'eval.test_videos', 'eval.future_frames'):

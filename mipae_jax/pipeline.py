@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mipae_jax import checkpoint, configuration, data, parallel, train
+from mipae_jax import checkpoint, configuration, data, parallel, profiling, train
 from mipae_jax.logger import MetricLogger, ProgressBar, check_finite
 
 log = logging.getLogger(__name__)
@@ -226,15 +226,20 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
   # The state is replicated over the mesh, as the data-parallel step expects.
   state = replicate_on_mesh(state, mesh)
   metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
+  # The first step of a run compiles; the profile window starts after it.
+  profiler = profiling.StepProfiler(os.path.join(workdir, 'profile', stage), start + 1,
+                                    tc.profile_steps, enabled=is_chief())
   t0, step = time.time(), start
   last_metrics, shown = {}, start
   try:
     with (stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar,
           _peer_failures(stage, lambda: step, store)):
       while step < num_steps:
+        profiler.before_step(step)
         batch = batch_fn(jax.random.fold_in(data_key, step))
         state, metrics = step_fn(state, *extra_args, batch, step_key)
         step += 1
+        profiler.after_step(step, metrics)
         # Read the flag once: a signal landing later in this iteration must not skip
         # the save and still stop (it is handled at the next step boundary).
         stopping = stop['stop']
@@ -255,6 +260,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
               f'{store.directory}. Run the same command again to resume.',
               stop['signum'])
   finally:
+    profiler.close()
     metric_logger.close()
     store.close()
   return StageResult(state, step, time.time() - t0, step - start)

@@ -52,11 +52,18 @@ def test_train_and_evaluate_writes_everything(tmp_path):
 
 
 def test_resumed_run_is_bit_identical(tmp_path):
-  """4 straight steps == 2 steps, stop, resume, 2 more (same workdir)."""
+  """4 straight steps == 2 steps, stop, resume, 2 more (same workdir). The straight run
+  also profiles steps 2-3, which must change nothing but leave a trace and a summary."""
   config = tiny.get_config()
   config.train.ae_steps = 4
   config.train.ckpt_every = 2
+  config.train.profile_steps = 2
   straight = pipeline.train_autoencoder(config, str(tmp_path / 'a')).state
+  profile = tmp_path / 'a' / 'profile' / 'ae'
+  assert list(profile.rglob('*.xplane.pb')) and list(profile.rglob('*.trace.json.gz'))
+  summary = (profile / 'summary.md').read_text()
+  assert 'over 2 steps' in summary and '| **all traced ops** |' in summary
+  config.train.profile_steps = 0
   resumed_dir = str(tmp_path / 'b')
   config.train.ae_steps = 2
   pipeline.train_autoencoder(config, resumed_dir)

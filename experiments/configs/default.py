@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100  # Host metric fetch interval (steps).
   c.train.ckpt_every = 5000  # Checkpoint interval (steps).
   c.train.keep_checkpoints = 3  # Checkpoints kept per stage.
+  # > 0: trace this many steps of each stage, from the second step of a run (the first
+  # compiles), to WORKDIR/profile/{ae,lstm}: TensorBoard / Perfetto trace + summary.md.
+  c.train.profile_steps = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.mig_samples = 100_000  # Static frames for the MIG.
