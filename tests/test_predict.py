@@ -40,6 +40,21 @@ def test_rollout_matches_teacher_forcing_on_known_frames(setup):
     np.testing.assert_allclose(rolled[:, t], pose, atol=1e-5)
 
 
+def test_pose_encoding_is_the_same_on_every_backend_path(setup, monkeypatch):
+  """CPU encodes one frame index at a time (`lax.map`), accelerators one batch of B*T;
+  CI has only CPUs, so the accelerator path is forced here and compared."""
+  config, ae, _, video = setup
+  # A new function object each time: jit and make_jaxpr cache traces per function.
+  fn = lambda: lambda v: train.encode_video(config, ae, v, 1)
+  cpu = jax.jit(fn())(video)
+  assert 'scan' in str(jax.make_jaxpr(fn())(video))  # The per-frame loop.
+  monkeypatch.setattr(train.jax, 'default_backend', lambda: 'gpu')
+  assert 'scan' not in str(jax.make_jaxpr(fn())(video))  # One batch of B*T frames.
+  other = jax.jit(fn())(video)
+  for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(other), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_predict_video_shapes(setup):
   config, ae, lstm_params, video = setup
   out = predict.make_predictor(config, 5)(ae, lstm_params, video[:, :2])
