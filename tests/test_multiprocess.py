@@ -3,7 +3,8 @@
 * Data parallel over 2 processes x 1 CPU device ends with the parameters of one process
   over 2 devices on the same global batch (bit-identical here: a 2-way all-reduce sums
   in one order; the 1e-5 tolerance is what is promised), also across a resume, where
-  every process restores the checkpoint that only process 0 wrote.
+  every process restores the checkpoint that only process 0 wrote. The same holds for a
+  host-sampled source (numpy, as MPI3D).
 * Only process 0 writes: the other process's Python-level writes under the workdir are
   audited (none), and the files show one writer.
 * A process killed mid-run stops the other within a bounded time, with a message.
@@ -27,12 +28,12 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('xla_cache_mp'))
 
 
-def start_pair(workdir, out, cache_dir, audit_dir=None, **kw):
+def start_pair(workdir, out, cache_dir, audit_dir=None, more=(), **kw):
   port = free_port()
   workers = []
   for i in range(2):
     extra = [f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
-             f'--heartbeat_timeout={HEARTBEAT}']
+             f'--heartbeat_timeout={HEARTBEAT}', *more]
     if audit_dir is not None:
       extra.append(f'--audit_writes={audit_dir}/writes.p{i}.json')
     workers.append(Worker(workdir, out, devices=1, cache_dir=cache_dir, extra=extra, **kw))
@@ -79,6 +80,23 @@ def test_two_processes_train_like_one_and_only_process_0_writes(tmp_path, cache_
   assert len(os.listdir(workdir / 'tensorboard')) == 2  # One per run, both by process 0.
   lines = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [x['step'] for x in lines] == [1, 2, 3, 4]
+
+
+def test_host_sampled_source_trains_alike_on_two_processes(tmp_path, cache_dir):
+  """The host path (numpy sampling, as MPI3D): every process draws the global batch from
+  the same key and keeps its own rows. Rows taken twice or not at all would change the
+  parameters against one process holding both devices."""
+  single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=2, devices=2,
+                  cache_dir=cache_dir, extra=['--host_source'])
+  assert single.wait(TIMEOUT) == 0, single.report()
+  pair = start_pair(tmp_path / 'multi', tmp_path / 'multi.npz', cache_dir, ae_steps=2,
+                    more=['--host_source'])
+  for w in pair:
+    assert w.wait(TIMEOUT) == 0, w.report()
+  want = load_leaves(tmp_path / 'single.npz')
+  for i in range(2):
+    for a, b in zip(load_leaves(tmp_path / f'multi.p{i}.npz'), want, strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('victim', [1, 0], ids=['worker_killed', 'chief_killed'])

@@ -2,7 +2,7 @@
 
   python tests/helpers/train_worker.py --workdir=W --ae_steps=12 --ckpt_every=2 \
       --out=final.npz [--step_delay=0.05] [--coordinator=127.0.0.1:PORT \
-      --num_processes=2 --process_id=I]
+      --num_processes=2 --process_id=I] [--host_source]
 
 Prints `STEP k` (stdout, flushed) after each train step, so a test can time a kill, and
 `pipeline`'s own log lines (stderr), among them `ae: resumed from step k`. On success it
@@ -33,6 +33,8 @@ def main():
   p.add_argument('--num_processes', type=int, default=None)
   p.add_argument('--process_id', type=int, default=None)
   p.add_argument('--heartbeat_timeout', type=int, default=10)
+  p.add_argument('--host_source', action='store_true',
+                 help='Sample on the host with numpy, as MPI3D does (HostRendered).')
   p.add_argument('--audit_writes', default=None,
                  help='Write a JSON list of the Python-level writes this process made '
                       'under --workdir (opens for writing, mkdir, rename, remove) here.')
@@ -47,7 +49,22 @@ def main():
   import numpy as np
 
   from experiments.configs import tiny
-  from mipae_jax import parallel, pipeline
+  from mipae_jax import data, parallel, pipeline
+  from mipae_jax.data import common
+
+  class HostRendered:
+    """The tiny config's dSprites drawn by their numpy renderer from a key's host RNG:
+    a host source (`on_device=False`) like MPI3D, without MPI3D's files or networks."""
+    on_device = False
+
+    def __init__(self, source):
+      self._source = source
+
+    def __getattr__(self, name):
+      return getattr(self._source, name)
+
+    def sample_batch(self, key, batch_size, split='train'):
+      return self._source.sample_batch_numpy(common.host_rng(key), batch_size, split)
 
   if args.coordinator:
     pipeline.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
@@ -73,7 +90,8 @@ def main():
   config.train.ckpt_every = args.ckpt_every
   config.train.lstm_steps = 0
   try:
-    result = pipeline.train_autoencoder(config, args.workdir)
+    source = HostRendered(data.make_source(config.data)) if args.host_source else None
+    result = pipeline.train_autoencoder(config, args.workdir, source=source)
   except pipeline.Preempted as e:
     print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
