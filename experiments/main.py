@@ -39,6 +39,8 @@ def main(argv):
   except pipeline.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(128 + e.signum)  # As a shell reports a job ended by that signal.
+  except pipeline.PeerLost as e:
+    pipeline.exit_after_peer_lost(e)  # Exit code 75: rerun every process to resume.
   pipeline.print_summary(FLAGS.workdir, results)
 
 

@@ -17,7 +17,9 @@ import functools
 import logging
 import os
 import signal
+import sys
 import time
+from typing import NoReturn
 
 import jax
 import numpy as np
@@ -44,6 +46,22 @@ class Preempted(RuntimeError):
 
 class PeerLost(RuntimeError):
   """A cross-process collective failed: another process of the run died."""
+
+
+# EX_TEMPFAIL: a temporary failure; running the same command again resumes.
+PEER_LOST_EXIT_CODE = 75
+
+
+def exit_after_peer_lost(error: PeerLost, code: int = PEER_LOST_EXIT_CODE) -> NoReturn:
+  """Prints `error` and ends this process at once, with `code`.
+
+  Once a peer is gone, JAX's distributed shutdown at interpreter exit aborts the process
+  (SIGABRT, after our message). By the time `PeerLost` reaches the caller the stage has
+  closed its checkpoint store and logs, so skipping that shutdown loses nothing.
+  """
+  print(f'PeerLost: {error}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass

@@ -95,6 +95,8 @@ def main():
   except pipeline.Preempted as e:
     print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
+  except pipeline.PeerLost as e:
+    pipeline.exit_after_peer_lost(e)  # As experiments.main does.
   out = args.out
   if jax.process_count() > 1:
     root, ext = os.path.splitext(out)
