@@ -7,7 +7,8 @@ nothing else.
 
 Convolutions that feed a BatchNorm carry no bias (`use_bias=False`). BatchNorm subtracts
 the per-channel mean, so such a bias never changes an output and its gradient is exactly
-zero; computed, it is float-rounding noise, which Adam (dividing by the gradient's own
+zero: from SPEC's zero init it would stay zero, so leaving it out is the same model. Its
+computed gradient is float-rounding noise, which Adam (dividing by the gradient's own
 scale) turns into full learning-rate steps. The published code's biases drift that way
 and make a run depend on summation order (device count, layout). `mipae_jax.convert`
 folds a published bias into the running mean that follows it, which is exact.
