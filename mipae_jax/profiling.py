@@ -92,7 +92,12 @@ class StepProfiler:
     """Call with the number of the step about to run (0-based count of steps done)."""
     if self.enabled and not self.active and step == self.first:
       os.makedirs(self.trace_dir, exist_ok=True)
-      jax.profiler.start_trace(self.trace_dir, create_perfetto_trace=True)
+      try:
+        jax.profiler.start_trace(self.trace_dir, create_perfetto_trace=True)
+      except RuntimeError as e:  # Another trace is running (the caller's own): keep it.
+        log.warning('Not profiling steps %d+ into %s: %s', step, self.trace_dir, e)
+        self.enabled = False
+        return
       self.active = True
 
   def after_step(self, steps_done: int, outputs) -> None:

@@ -3,6 +3,8 @@
 import gzip
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from mipae_jax import profiling
@@ -44,3 +46,19 @@ def test_profile_step_prints_the_table(tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'ae iteration, batch 2, float32' in out
   assert '| **all traced ops** |' in out and 'over 1 steps' in out
+
+
+def test_a_running_trace_is_left_alone(tmp_path, caplog):
+  """A caller already tracing: the step profiler stands aside instead of failing."""
+  jax.profiler.start_trace(str(tmp_path / 'theirs'))
+  try:
+    profiler = profiling.StepProfiler(str(tmp_path / 'ours'), first_step=1, num_steps=2)
+    with caplog.at_level('WARNING'):
+      for step in range(4):
+        profiler.before_step(step)
+        profiler.after_step(step + 1, jnp.zeros(()))
+      profiler.close()
+    assert 'Not profiling steps 1+' in caplog.text
+    assert not (tmp_path / 'ours' / 'summary.md').exists()
+  finally:
+    jax.profiler.stop_trace()
