@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu.sh [OUT_DIR]      # there (default OUT_DIR: $OUT, else benchmarks/out)
 #
 # Each step has its own time limit (STEP_S seconds, default 240), so one slow step
-# cannot eat the others' time on a borrowed machine.
+# cannot eat the others' time on a borrowed machine. Exit status 3: JAX saw no GPU.
 set -uo pipefail
 out=${1:-${OUT:-benchmarks/out}}
 py=${PYTHON:-python3}
@@ -26,6 +26,13 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 "| flax", flax.__version__, "| optax", optax.__version__, "| torch", torch.__version__,
 "cuda", torch.cuda.is_available())'
 } 2>&1 | tee "$out/machine.txt"
+
+# Borrowed GPU time is short: stop at once if JAX fell back to the CPU (a CUDA plugin
+# that does not match the driver, say). ALLOW_CPU=1 runs anyway (a dry run on a CPU).
+if [ "${ALLOW_CPU:-0}" != 1 ] && ! "$py" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")'; then
+  echo "JAX does not see a GPU here (see $out/machine.txt); nothing was benchmarked."
+  exit 3
+fi
 
 step() {  # step NAME MODULE ARGS...: one benchmark, its log in $out/NAME.log
   local name=$1; shift
