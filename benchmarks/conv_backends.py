@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.run import _median_times
+from benchmarks.run import _median_times, _torch_device
 from mipae_jax import compiler, layers
 
 DOWN = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]  # (in size, in, out)
@@ -50,10 +50,6 @@ def _xla_up(x, k):
                                       lhs_dilation=(2, 2), dimension_numbers=_DIMS)
 
 
-def _torch_device(torch) -> str:
-  return 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-
-
 def _jax_passes(fn, options):
   """Jitted forward, kernel-gradient and input-gradient functions of `fn(x, k)`."""
   jit = lambda f: jax.jit(f, compiler_options=options)
@@ -68,7 +64,8 @@ def _torch_passes(torch, up: bool, cin: int, cout: int, x, k, dy, dtype: str):
   """Forward, dW and dX closures for the torch layer on JAX's kind of device; each
   gradient pass reuses one recorded forward graph (`retain_graph`), so it times the
   backward kernel alone, and each returns once the device is done."""
-  dev = _torch_device(torch)
+  from benchmarks.torch_reference import synchronize
+  dev = _torch_device(torch, 'auto')
   tdtype = getattr(torch, dtype)
   mod = (torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1) if up
          else torch.nn.Conv2d(cin, cout, 4, 2, 1))
@@ -83,17 +80,16 @@ def _torch_passes(torch, up: bool, cin: int, cout: int, x, k, dy, dtype: str):
   txg = tx.clone().requires_grad_(True)
   y_w = mod(tx)  # Graph to the weight only.
   y_x = mod(txg)  # Graph to the input (the weight gradient is not requested).
-  sync = (lambda: torch.cuda.synchronize()) if dev == 'cuda' else (lambda: None)
 
   def fwd():
     with torch.no_grad():
       mod(tx)
-    sync()
+    synchronize(dev)
 
   def grad(y, wrt):
     def call():
       torch.autograd.grad(y, wrt, tdy, retain_graph=True)
-      sync()
+      synchronize(dev)
     return call
 
   return {'fwd': fwd, 'dW': grad(y_w, mod.weight), 'dX': grad(y_x, txg)}
@@ -156,7 +152,7 @@ def main(argv=None):
   except ImportError:
     torch = None
     print('torch is not installed (pip install -e ".[bench]"): JAX columns only')
-  where = '' if torch is None else f'; torch on {_torch_device(torch)}'
+  where = '' if torch is None else '; torch on ' + _torch_device(torch, 'auto')
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}{where}; {args.dtype}; '
         f'batch {batch}; medians of {reps}; GFLOP/s per pass (higher is faster)')
   print()

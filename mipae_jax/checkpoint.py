@@ -131,11 +131,8 @@ def _check_against_target(restored, abstract_state) -> None:
 def _leaf_names(tree) -> set[str]:
   """Dotted leaf paths of a pytree, attribute and dict keys alike
   (`model.params.decoder.upc1_conv.kernel`)."""
-  names = set()
-  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names.add('.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
-                       for k in path))
-  return names
+  return {jax.tree_util.keystr(path, simple=True, separator='.')
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _layout_difference(state_dir: str, abstract_state) -> str | None:
