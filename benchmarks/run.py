@@ -6,7 +6,9 @@
 Measures (a) the autoencoder iteration (critic step + model step), (b) the LSTM iteration,
 (c) data: sequences/s of the on-device Moving dSprites stream vs the per-sample numpy loop
 (the published Dataset + DataLoader way), (d) data + AE step end to end. Implementations
-alternate run by run and the medians are compared, because the machine may be shared.
+alternate run by run and the medians are compared, because the machine may be shared; each
+ratio line is followed by the range of the per-round ratios (both sides timed back to back
+in one round), which shows how much the machine's load moved it.
 Also: XLA cost-analysis FLOPs (and torch's FlopCounterMode for the reference), achieved
 GFLOP/s, compile time, memory, and the AE step time at several batch sizes.
 
@@ -46,8 +48,9 @@ PEAK_TFLOPS = (
 )
 
 
-def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
-  """Calls each fn `warmup` times, then `reps` rounds alternating fns; median seconds."""
+def _round_times(fns: dict, reps: int, warmup: int = 1) -> dict:
+  """Calls each fn `warmup` times, then `reps` rounds alternating fns; seconds per call,
+  round by round (`{name: [s, ...]}`)."""
   for fn in fns.values():
     for _ in range(warmup):
       fn()
@@ -57,7 +60,22 @@ def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
       t0 = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
+  return times
+
+
+def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
+  """Median seconds per call of each fn over `reps` alternating rounds."""
+  return {k: statistics.median(v) for k, v in _round_times(fns, reps, warmup).items()}
+
+
+def paired_ratios(slow: list, fast: list) -> tuple[float, float, float]:
+  """(median, min, max) of `slow[i] / fast[i]` over rounds.
+
+  Each round times both implementations back to back, so a round's ratio shares that
+  moment's machine load; on a shared machine their spread says how far a single ratio
+  of medians can be trusted."""
+  r = [s / f for s, f in zip(slow, fast, strict=True)]
+  return statistics.median(r), min(r), max(r)
 
 
 def _config(batch: int, module: str = 'experiments.configs.default', dtype: str = 'float32'):
@@ -241,31 +259,39 @@ def main(argv=None):
           f'torch {tfl / 1e9:.1f} GFLOP -> {tfl / s_torch / 1e9:.0f} GFLOP/s{of_peak}; '
           f'compile {compile_s:.1f} s; memory {_memory(compiled)}')
 
-  def report(name, s_jax, s_torch, unit='steps/s'):
+  def spread(name, slow, fast):
+    mid, lo, hi = paired_ratios(slow, fast)
+    print(f'{name}: per-round ratios {lo:.2f}-{hi:.2f} (median {mid:.2f}, {len(slow)} rounds)')
+    return lo, hi
+
+  def report(name, times, unit='steps/s'):
+    """Prints and records the medians and their ratio; returns the medians."""
+    s_jax, s_torch = statistics.median(times['jax']), statistics.median(times['torch'])
     ratio = s_torch / s_jax
     print(f'{name}: mipae_jax {1 / s_jax:.3f} {unit} ({s_jax * 1e3:.0f} ms) | torch '
           f'{1 / s_torch:.3f} {unit} ({s_torch * 1e3:.0f} ms)')
     print(f'ratio {name} jax/torch: {ratio:.2f}')
-    rows.append((name, s_jax, s_torch, ratio))
+    rows.append((name, s_jax, s_torch, ratio, *spread(name, times['torch'], times['jax'])))
+    return s_jax, s_torch
 
   if 'ae' not in skip:
     jae = JaxAE(config, video, critic_video)
     tae = trainer(ref.AutoencoderTrainer, config)
     tv, tcv = ref.video_to_torch(video, cl, dev), ref.video_to_torch(critic_video, cl, dev)
-    med = _median_times({'jax': jae, 'torch': synced(lambda: tae.step(tcv, tv))}, reps)
-    report('ae_iteration', med['jax'], med['torch'])
-    rates('ae_iteration', _flops(jae.compiled), med['jax'],
-          _torch_flops(lambda: tae.step(tcv, tv)), med['torch'], jae.compiled, jae.compile_s)
-    ae_at_batch = (med['jax'], med['torch'])
+    ae_at_batch = report('ae_iteration', _round_times(
+        {'jax': jae, 'torch': synced(lambda: tae.step(tcv, tv))}, reps))
+    rates('ae_iteration', _flops(jae.compiled), ae_at_batch[0],
+          _torch_flops(lambda: tae.step(tcv, tv)), ae_at_batch[1], jae.compiled,
+          jae.compile_s)
 
   if 'lstm' not in skip:
     jl = JaxLSTM(config, video)
     tl = trainer(ref.LSTMTrainer, config)
     tv = ref.video_to_torch(video, cl, dev)
-    med = _median_times({'jax': jl, 'torch': synced(lambda: tl.step(tv))}, reps)
-    report('lstm_iteration', med['jax'], med['torch'])
-    rates('lstm_iteration', jl.flops(config), med['jax'], _torch_flops(lambda: tl.step(tv)),
-          med['torch'], jl.compiled, jl.compile_s)
+    s_jax, s_torch = report('lstm_iteration', _round_times(
+        {'jax': jl, 'torch': synced(lambda: tl.step(tv))}, reps))
+    rates('lstm_iteration', jl.flops(config), s_jax, _torch_flops(lambda: tl.step(tv)),
+          s_torch, jl.compiled, jl.compile_s)
     del jl, tl
 
   if 'data' not in skip:
@@ -279,11 +305,13 @@ def main(argv=None):
     def loop():  # Per-sample __getitem__, then collate, as the published DataLoader.
       np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
 
-    med = _median_times({'device': device, 'loop': loop}, max(3, reps // 2))
+    times = _round_times({'device': device, 'loop': loop}, max(3, reps // 2))
+    med = {k: statistics.median(v) for k, v in times.items()}
     rate_d, rate_l = b / med['device'], b / med['loop']
     print(f'data: on-device stream {rate_d:.0f} seq/s | per-sample loop {rate_l:.0f} seq/s')
     print(f'ratio data_stream device/loop: {rate_d / rate_l:.1f}')
-    rows.append(('data_batch', med['device'], med['loop'], med['loop'] / med['device']))
+    rows.append(('data_batch', med['device'], med['loop'], med['loop'] / med['device'],
+                 *spread('data_stream', times['loop'], times['device'])))
 
   if 'e2e' not in skip:
     # mipae_jax: on-device sampling of both batches + step. Reference: the per-sample
@@ -307,8 +335,7 @@ def main(argv=None):
       tae.step(ref.video_to_torch(vids[1], cl, dev), ref.video_to_torch(vids[0], cl, dev))
       ref.synchronize(dev)
 
-    med = _median_times({'jax': jax_e2e, 'torch': torch_e2e}, max(3, reps // 2))
-    report('end_to_end', med['jax'], med['torch'])
+    report('end_to_end', _round_times({'jax': jax_e2e, 'torch': torch_e2e}, max(3, reps // 2)))
 
   if 'sweep' not in skip:
     sizes = (25, 50, 100) if args.quick else (25, 50, 100, 200)
@@ -326,12 +353,14 @@ def main(argv=None):
       jae = JaxAE(c, v, cv)
       tae = trainer(ref.AutoencoderTrainer, c)
       tv, tcv = ref.video_to_torch(v, cl, dev), ref.video_to_torch(cv, cl, dev)
-      med = _median_times(
+      times = _round_times(
           {'jax': jae, 'torch': synced(lambda t=tae, a=tcv, v=tv: t.step(a, v))},
           2 if args.quick else 3)
+      med = {k: statistics.median(v) for k, v in times.items()}
+      _, lo, hi = paired_ratios(times['torch'], times['jax'])
       print(f'batch {bs}: ae_iteration mipae_jax {med["jax"] * 1e3:.0f} ms (compile '
             f'{jae.compile_s:.0f} s) | torch {med["torch"] * 1e3:.0f} ms | ratio jax/torch '
-            f'{med["torch"] / med["jax"]:.2f}')
+            f'{med["torch"] / med["jax"]:.2f} (per round {lo:.2f}-{hi:.2f})')
       del jae, tae
 
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -339,10 +368,11 @@ def main(argv=None):
   if dev.startswith('cuda'):
     print(f'peak device memory: mipae_jax {_device_memory()} | torch '
           f'{torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB (allocated)')
-  print('\n| measurement | mipae_jax | torch reference | ratio jax/torch (speed) |')
-  print('|---|---|---|---|')
-  for name, sj, st, r in rows:
-    print(f'| {name} | {sj * 1e3:.0f} ms | {st * 1e3:.0f} ms | {r:.2f} |')
+  print('\n| measurement | mipae_jax | torch reference | ratio jax/torch (speed) | '
+        'per-round ratios |')
+  print('|---|---|---|---|---|')
+  for name, sj, st, r, lo, hi in rows:
+    print(f'| {name} | {sj * 1e3:.0f} ms | {st * 1e3:.0f} ms | {r:.2f} | {lo:.2f}-{hi:.2f} |')
 
 
 if __name__ == '__main__':

@@ -67,3 +67,23 @@ def test_benchmark_prints_every_ratio(capsys):
   table = [line for line in out.splitlines() if line.startswith('| ') and 'ms |' in line]
   assert [row.split(' | ')[0][2:] for row in table] == [
       'ae_iteration', 'lstm_iteration', 'data_batch', 'end_to_end']
+  spreads = dict(re.findall(r'^(\w+): per-round ratios ([\d.]+-[\d.]+) ', out, re.M))
+  assert set(spreads) == set(ratios)
+  for name, r in ratios.items():  # The ratio of medians lies within the rounds' ratios.
+    lo, hi = map(float, spreads[name].split('-'))
+    assert lo - 0.051 <= float(r) <= hi + 0.051, (name, lo, r, hi)
+    if name in ('ae_iteration', 'lstm_iteration'):  # --reps 1: one round.
+      assert lo == hi, (name, lo, hi)
+
+
+def test_paired_ratios_bracket_the_ratio_of_medians():
+  assert run.paired_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 1.5, 3.0)
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    slow, fast = rng.uniform(0.5, 2.0, (2, int(rng.integers(1, 8))))
+    mid, lo, hi = run.paired_ratios(list(slow), list(fast))
+    assert lo <= mid <= hi
+    # Round i's ratio bounds slow_i by lo * fast_i and hi * fast_i, so the medians too.
+    assert lo - 1e-12 <= np.median(slow) / np.median(fast) <= hi + 1e-12
+  with pytest.raises(ValueError):
+    run.paired_ratios([1.0, 2.0], [1.0])
