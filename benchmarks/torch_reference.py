@@ -298,9 +298,13 @@ def init_weights(module, generator=None):
 
 def video_to_torch(video, channels_last=True, device='cpu'):
   """`[B, T, H, W, C]` array -> time-first `[T, B, C, H, W]` tensor on `device` whose
-  frames have channels-last strides when `channels_last` (no copy then on the CPU; the
-  host-to-device copy keeps them), else contiguous NCHW."""
-  v = torch.from_numpy(np.array(video, np.float32)).permute(1, 0, 4, 2, 3)
+  frames have channels-last strides when `channels_last` (no copy then on the CPU for a
+  writeable float32 array, as a loader's batch is; the host-to-device copy keeps the
+  strides), else contiguous NCHW."""
+  v = np.asarray(video, np.float32)
+  if not v.flags.writeable:  # torch.from_numpy shares memory and wants it writeable.
+    v = v.copy()
+  v = torch.from_numpy(v).permute(1, 0, 4, 2, 3)
   return (v if channels_last else v.contiguous()).to(device)
 
 

@@ -87,3 +87,19 @@ def test_paired_ratios_bracket_the_ratio_of_medians():
     assert lo - 1e-12 <= np.median(slow) / np.median(fast) <= hi + 1e-12
   with pytest.raises(ValueError):
     run.paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_video_to_torch_shares_a_loader_batch_and_copies_only_read_only_arrays():
+  v = np.random.default_rng(1).random((2, 3, 4, 4, 3), np.float32)  # [B, T, H, W, C]
+  t = ref.video_to_torch(v)
+  assert tuple(t.shape) == (3, 2, 3, 4, 4)  # [T, B, C, H, W]
+  np.testing.assert_array_equal(t.permute(1, 0, 3, 4, 2).numpy(), v)
+  assert t.data_ptr() == v.ctypes.data  # A loader's batch is not copied (timed end to end).
+  ro = v.copy()
+  ro.flags.writeable = False
+  t_ro = ref.video_to_torch(ro)
+  assert t_ro.data_ptr() != ro.ctypes.data
+  np.testing.assert_array_equal(t_ro.permute(1, 0, 3, 4, 2).numpy(), v)
+  t_nchw = ref.video_to_torch(v, channels_last=False)
+  assert t_nchw.is_contiguous()
+  np.testing.assert_array_equal(t_nchw.permute(1, 0, 3, 4, 2).numpy(), v)
