@@ -68,13 +68,14 @@ def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
   return {k: statistics.median(v) for k, v in _round_times(fns, reps, warmup).items()}
 
 
-def paired_ratios(slow: list, fast: list) -> tuple[float, float, float]:
-  """(median, min, max) of `slow[i] / fast[i]` over rounds.
+def paired_ratios(ref_times: list, new_times: list) -> tuple[float, float, float]:
+  """(median, min, max) over rounds of `ref_times[i] / new_times[i]`: how many times
+  faster the new side ran than the reference in round i.
 
   Each round times both implementations back to back, so a round's ratio shares that
   moment's machine load; on a shared machine their spread says how far a single ratio
   of medians can be trusted."""
-  r = [s / f for s, f in zip(slow, fast, strict=True)]
+  r = [a / b for a, b in zip(ref_times, new_times, strict=True)]
   return statistics.median(r), min(r), max(r)
 
 
@@ -259,9 +260,10 @@ def main(argv=None):
           f'torch {tfl / 1e9:.1f} GFLOP -> {tfl / s_torch / 1e9:.0f} GFLOP/s{of_peak}; '
           f'compile {compile_s:.1f} s; memory {_memory(compiled)}')
 
-  def spread(name, slow, fast):
-    mid, lo, hi = paired_ratios(slow, fast)
-    print(f'{name}: per-round ratios {lo:.2f}-{hi:.2f} (median {mid:.2f}, {len(slow)} rounds)')
+  def spread(name, ref_times, new_times):
+    mid, lo, hi = paired_ratios(ref_times, new_times)
+    print(f'{name}: per-round ratios {lo:.2f}-{hi:.2f} (median {mid:.2f}, '
+          f'{len(ref_times)} rounds)')
     return lo, hi
 
   def report(name, times, unit='steps/s'):

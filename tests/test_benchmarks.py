@@ -80,11 +80,11 @@ def test_paired_ratios_bracket_the_ratio_of_medians():
   assert run.paired_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 1.5, 3.0)
   rng = np.random.default_rng(0)
   for _ in range(200):
-    slow, fast = rng.uniform(0.5, 2.0, (2, int(rng.integers(1, 8))))
-    mid, lo, hi = run.paired_ratios(list(slow), list(fast))
+    ref_t, new_t = rng.uniform(0.5, 2.0, (2, int(rng.integers(1, 8))))
+    mid, lo, hi = run.paired_ratios(list(ref_t), list(new_t))
     assert lo <= mid <= hi
-    # Round i's ratio bounds slow_i by lo * fast_i and hi * fast_i, so the medians too.
-    assert lo - 1e-12 <= np.median(slow) / np.median(fast) <= hi + 1e-12
+    # Round i's ratio puts ref_i between lo * new_i and hi * new_i, so the medians too.
+    assert lo - 1e-12 <= np.median(ref_t) / np.median(new_t) <= hi + 1e-12
   with pytest.raises(ValueError):
     run.paired_ratios([1.0, 2.0], [1.0])
 
