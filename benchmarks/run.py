@@ -15,6 +15,11 @@ GFLOP/s, compile time, memory, and the AE step time at several batch sizes.
 Threads: torch uses `--threads` (default 2) intra-op threads; XLA:CPU runs its Eigen pool
 on every core it sees (set `--threads` to the core count for a fair match).
 
+Host memory: both sides run with glibc malloc set to reuse freed memory (`--malloc
+recycle`, the default: run as a module, it restarts itself with `RECYCLE_TUNABLES`), as a
+tuned PyTorch CPU setup would with jemalloc or tcmalloc; `--malloc default` keeps glibc's
+settings, under which every buffer over 32 MB is page-faulted in afresh on each call.
+
 On a GPU, PyTorch runs on the same card (`--torch_device`, default: CUDA whenever JAX is
 on a GPU) and each timed call waits for the card. `--dtype bfloat16` computes in bfloat16
 on both sides with float32 parameters (`config.model.dtype` for mipae_jax, `torch.autocast`
@@ -30,6 +35,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -46,6 +52,38 @@ PEAK_TFLOPS = (
     ('H200', {'float32': 66.9, 'tf32': 494.7, 'bfloat16': 989.4}),
     ('A100', {'float32': 19.5, 'tf32': 156.0, 'bfloat16': 312.0}),
 )
+
+
+# glibc malloc settings under which freed memory is reused instead of handed back: every
+# buffer over 32 MB is otherwise a fresh mmap, page-faulted in on each call. That costs
+# both sides (mipae_jax: 106k faults per AE iteration, XLA's 412 MiB temp block; the
+# reference: 412k faults and 0.8 s of system time per LSTM iteration), the reference far
+# more in its LSTM step, so the comparison runs with it unless `--malloc default`.
+RECYCLE_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+                    'glibc.malloc.trim_threshold=68719476736')
+
+
+def exec_with_allocator(argv: list[str]) -> None:
+  """Restarts `python -m benchmarks.run argv` with `RECYCLE_TUNABLES` if `--malloc
+  recycle` (the default) is asked for and the process did not start with them; glibc
+  reads its tunables only at start-up. A `GLIBC_TUNABLES` the user set is left alone."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--malloc', default='recycle')
+  if (parser.parse_known_args(argv)[0].malloc != 'recycle' or 'GLIBC_TUNABLES' in os.environ
+      or platform.libc_ver()[0] != 'glibc'):
+    return
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, '-m', 'benchmarks.run', *argv],
+            {**os.environ, 'GLIBC_TUNABLES': RECYCLE_TUNABLES})
+
+
+def _allocator() -> str:
+  tunables = os.environ.get('GLIBC_TUNABLES')
+  if platform.libc_ver()[0] != 'glibc':
+    return f'{platform.libc_ver()[0] or "system"} malloc'
+  if tunables == RECYCLE_TUNABLES:
+    return 'glibc malloc, recycling (--malloc recycle)'
+  return f'glibc malloc, GLIBC_TUNABLES={tunables!r}' if tunables else 'glibc malloc, defaults'
 
 
 def _round_times(fns: dict, reps: int, warmup: int = 1) -> dict:
@@ -208,6 +246,10 @@ def main(argv=None):
                       help='dense peak of the card for --dtype (default: known cards only)')
   parser.add_argument('--config', default='experiments.configs.default',
                       help='config module (the default is the benchmarked setting)')
+  parser.add_argument('--malloc', default='recycle', choices=('recycle', 'default'),
+                      help="host allocator for both sides: 'recycle' reuses freed memory "
+                      '(RECYCLE_TUNABLES; applied by restarting when run as a module), '
+                      "'default' keeps glibc's settings")
   args = parser.parse_args(argv)
   import torch
 
@@ -230,6 +272,7 @@ def main(argv=None):
         f'visible; jax {jax.__version__} on {kind} '
         f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}); torch {torch.__version__} on '
         f'{dev}, {torch.get_num_threads()} threads, channels_last={cl}')
+  print(f'host allocator (both sides): {_allocator()}')
   if dev.startswith('cuda'):
     print(f'torch: {torch.cuda.get_device_name(dev)}; TF32 for float32 convolutions '
           f'{torch.backends.cudnn.allow_tf32}, for matmuls '
@@ -379,4 +422,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  exec_with_allocator(sys.argv[1:])
   main()

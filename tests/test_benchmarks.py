@@ -103,3 +103,22 @@ def test_video_to_torch_shares_a_loader_batch_and_copies_only_read_only_arrays()
   t_nchw = ref.video_to_torch(v, channels_last=False)
   assert t_nchw.is_contiguous()
   np.testing.assert_array_equal(t_nchw.permute(1, 0, 3, 4, 2).numpy(), v)
+
+
+def test_run_restarts_once_with_the_recycling_allocator(monkeypatch):
+  calls = []
+  monkeypatch.setattr(run.os, 'execve', lambda exe, args, env: calls.append((args, env)))
+  monkeypatch.setattr(run.platform, 'libc_ver', lambda: ('glibc', '2.36'))
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  run.exec_with_allocator(['--quick'])
+  ((args, env),) = calls
+  assert args[1:] == ['-m', 'benchmarks.run', '--quick']
+  assert env['GLIBC_TUNABLES'] == run.RECYCLE_TUNABLES
+  run.exec_with_allocator(['--malloc', 'default'])  # Asked to keep glibc's settings.
+  monkeypatch.setenv('GLIBC_TUNABLES', run.RECYCLE_TUNABLES)
+  run.exec_with_allocator(['--quick'])  # Restarted already: no loop.
+  assert 'recycling' in run._allocator()
+  monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
+  run.exec_with_allocator([])  # The user's own tunables are left alone.
+  assert "GLIBC_TUNABLES='glibc.malloc.arena_max=2'" in run._allocator()
+  assert len(calls) == 1
