@@ -54,13 +54,15 @@ PEAK_TFLOPS = (
 )
 
 
-# glibc malloc settings under which freed memory is reused instead of handed back: every
-# buffer over 32 MB is otherwise a fresh mmap, page-faulted in on each call. That costs
-# both sides (mipae_jax: 106k faults per AE iteration, XLA's 412 MiB temp block; the
-# reference: 412k faults and 0.8 s of system time per LSTM iteration), the reference far
-# more in its LSTM step, so the comparison runs with it unless `--malloc default`.
-RECYCLE_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
-                    'glibc.malloc.trim_threshold=68719476736')
+# glibc malloc settings under which freed memory is reused instead of handed back to the
+# kernel: by default every buffer over 32 MB is a fresh mmap, page-faulted in on each call.
+# The reference's LSTM iteration pays for it most (396k-412k page faults, ~0.8 s of system
+# time per step under the defaults; 5k with these), so the comparison runs with them unless
+# `--malloc default`. mipae_jax is unaffected either way (~106k faults per AE iteration:
+# XLA allocates its large buffers on worker threads, whose arenas fall back to mmap above
+# 64 MB); `glibc.malloc.arena_max=1` would remove those too, but it slowed the reference's
+# numpy loop from 166 to 249 ms per batch with no gain in the step.
+RECYCLE_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
 
 
 def exec_with_allocator(argv: list[str]) -> None:
