@@ -15,10 +15,11 @@ GFLOP/s, compile time, memory, and the AE step time at several batch sizes.
 Threads: torch uses `--threads` (default 2) intra-op threads; XLA:CPU runs its Eigen pool
 on every core it sees (set `--threads` to the core count for a fair match).
 
-Host memory: both sides run with glibc malloc set to reuse freed memory (`--malloc
-recycle`, the default: run as a module, it restarts itself with `RECYCLE_TUNABLES`), as a
-tuned PyTorch CPU setup would with jemalloc or tcmalloc; `--malloc default` keeps glibc's
-settings, under which every buffer over 32 MB is page-faulted in afresh on each call.
+Host memory: both sides run with glibc malloc set to reuse freed memory and to use huge
+pages (`--malloc tuned`, the default: run as a module, it restarts itself with
+`TUNED_MALLOC`), as a tuned PyTorch CPU setup would with jemalloc or tcmalloc; `--malloc
+default` keeps glibc's settings, under which every buffer over 32 MB is page-faulted in
+afresh on each call.
 
 On a GPU, PyTorch runs on the same card (`--torch_device`, default: CUDA whenever JAX is
 on a GPU) and each timed call waits for the card. `--dtype bfloat16` computes in bfloat16
@@ -54,37 +55,39 @@ PEAK_TFLOPS = (
 )
 
 
-# glibc malloc settings under which freed memory is reused instead of handed back to the
-# kernel: by default every buffer over 32 MB is a fresh mmap, page-faulted in on each call.
-# The reference's LSTM iteration pays for it most (396k-412k page faults, ~0.8 s of system
-# time per step under the defaults; 5k with these), so the comparison runs with them unless
-# `--malloc default`. mipae_jax is unaffected either way (~106k faults per AE iteration:
-# XLA allocates its large buffers on worker threads, whose arenas fall back to mmap above
-# 64 MB); `glibc.malloc.arena_max=1` would remove those too, but it slowed the reference's
-# numpy loop from 166 to 249 ms per batch with no gain in the step.
-RECYCLE_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
+# glibc malloc settings that reuse freed memory (no mmap per large buffer, no trimming) and
+# back large allocations with transparent huge pages. Under glibc's defaults every buffer
+# over 32 MB is a fresh mmap, page-faulted in 4 KiB at a time on each call. Measured on
+# the 2-core CPU, defaults -> these: the reference's LSTM iteration 1941-1955 -> 1520 ms
+# (it took 396k-412k page faults per step), mipae_jax's AE iteration 1710-1830 ->
+# 1618-1647 ms (106k faults -> 1-2k), the on-device data stream 54 -> 22 ms per batch, the
+# per-sample numpy loop 166-198 -> 161-167 ms. Each side runs at least as fast with them
+# on every line, so they are the default of the comparison (`--malloc default` keeps
+# glibc's settings). `glibc.malloc.arena_max=1` is left out: it slowed the loop to 249 ms.
+TUNED_MALLOC = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
+                'glibc.malloc.trim_threshold=68719476736')
 
 
 def exec_with_allocator(argv: list[str]) -> None:
-  """Restarts `python -m benchmarks.run argv` with `RECYCLE_TUNABLES` if `--malloc
-  recycle` (the default) is asked for and the process did not start with them; glibc
-  reads its tunables only at start-up. A `GLIBC_TUNABLES` the user set is left alone."""
+  """Restarts `python -m benchmarks.run argv` with `TUNED_MALLOC` if `--malloc tuned`
+  (the default) is asked for and the process did not start with them; glibc reads its
+  tunables only at start-up. A `GLIBC_TUNABLES` the user set is left alone."""
   parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument('--malloc', default='recycle')
-  if (parser.parse_known_args(argv)[0].malloc != 'recycle' or 'GLIBC_TUNABLES' in os.environ
+  parser.add_argument('--malloc', default='tuned')
+  if (parser.parse_known_args(argv)[0].malloc != 'tuned' or 'GLIBC_TUNABLES' in os.environ
       or platform.libc_ver()[0] != 'glibc'):
     return
   sys.stdout.flush()
   os.execve(sys.executable, [sys.executable, '-m', 'benchmarks.run', *argv],
-            {**os.environ, 'GLIBC_TUNABLES': RECYCLE_TUNABLES})
+            {**os.environ, 'GLIBC_TUNABLES': TUNED_MALLOC})
 
 
 def _allocator() -> str:
   tunables = os.environ.get('GLIBC_TUNABLES')
   if platform.libc_ver()[0] != 'glibc':
     return f'{platform.libc_ver()[0] or "system"} malloc'
-  if tunables == RECYCLE_TUNABLES:
-    return 'glibc malloc, recycling (--malloc recycle)'
+  if tunables == TUNED_MALLOC:
+    return 'glibc malloc, tuned (--malloc tuned: TUNED_MALLOC)'
   return f'glibc malloc, GLIBC_TUNABLES={tunables!r}' if tunables else 'glibc malloc, defaults'
 
 
@@ -248,10 +251,10 @@ def main(argv=None):
                       help='dense peak of the card for --dtype (default: known cards only)')
   parser.add_argument('--config', default='experiments.configs.default',
                       help='config module (the default is the benchmarked setting)')
-  parser.add_argument('--malloc', default='recycle', choices=('recycle', 'default'),
-                      help="host allocator for both sides: 'recycle' reuses freed memory "
-                      '(RECYCLE_TUNABLES; applied by restarting when run as a module), '
-                      "'default' keeps glibc's settings")
+  parser.add_argument('--malloc', default='tuned', choices=('tuned', 'default'),
+                      help="host allocator settings for both sides: 'tuned' reuses freed "
+                      'memory and uses huge pages (TUNED_MALLOC; applied by restarting '
+                      "when run as a module), 'default' keeps glibc's settings")
   args = parser.parse_args(argv)
   import torch
 

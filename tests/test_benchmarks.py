@@ -105,7 +105,7 @@ def test_video_to_torch_shares_a_loader_batch_and_copies_only_read_only_arrays()
   np.testing.assert_array_equal(t_nchw.permute(1, 0, 3, 4, 2).numpy(), v)
 
 
-def test_run_restarts_once_with_the_recycling_allocator(monkeypatch):
+def test_run_restarts_once_with_the_tuned_allocator(monkeypatch):
   calls = []
   monkeypatch.setattr(run.os, 'execve', lambda exe, args, env: calls.append((args, env)))
   monkeypatch.setattr(run.platform, 'libc_ver', lambda: ('glibc', '2.36'))
@@ -113,11 +113,11 @@ def test_run_restarts_once_with_the_recycling_allocator(monkeypatch):
   run.exec_with_allocator(['--quick'])
   ((args, env),) = calls
   assert args[1:] == ['-m', 'benchmarks.run', '--quick']
-  assert env['GLIBC_TUNABLES'] == run.RECYCLE_TUNABLES
+  assert env['GLIBC_TUNABLES'] == run.TUNED_MALLOC
   run.exec_with_allocator(['--malloc', 'default'])  # Asked to keep glibc's settings.
-  monkeypatch.setenv('GLIBC_TUNABLES', run.RECYCLE_TUNABLES)
+  monkeypatch.setenv('GLIBC_TUNABLES', run.TUNED_MALLOC)
   run.exec_with_allocator(['--quick'])  # Restarted already: no loop.
-  assert 'recycling' in run._allocator()
+  assert 'tuned' in run._allocator()
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
   run.exec_with_allocator([])  # The user's own tunables are left alone.
   assert "GLIBC_TUNABLES='glibc.malloc.arena_max=2'" in run._allocator()
