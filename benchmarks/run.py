@@ -58,12 +58,13 @@ PEAK_TFLOPS = (
 # glibc malloc settings that reuse freed memory (no mmap per large buffer, no trimming) and
 # back large allocations with transparent huge pages. Under glibc's defaults every buffer
 # over 32 MB is a fresh mmap, page-faulted in 4 KiB at a time on each call. Measured on
-# the 2-core CPU, defaults -> these: the reference's LSTM iteration 1941-1955 -> 1520 ms
-# (it took 396k-412k page faults per step), mipae_jax's AE iteration 1710-1830 ->
-# 1618-1647 ms (106k faults -> 1-2k), the on-device data stream 54 -> 22 ms per batch, the
-# per-sample numpy loop 166-198 -> 161-167 ms. Each side runs at least as fast with them
-# on every line, so they are the default of the comparison (`--malloc default` keeps
-# glibc's settings). `glibc.malloc.arena_max=1` is left out: it slowed the loop to 249 ms.
+# the 2-core CPU, defaults -> these: the reference's LSTM iteration 1941-1955 -> 1520-1712
+# ms (it took 396k-412k page faults per step), mipae_jax's AE iteration 1710-1846 ->
+# 1618-1747 ms (106k faults -> 1-2k), the on-device data stream 54 -> 19-24 ms per batch,
+# the per-sample numpy loop 166-198 -> 161-167 ms (BENCHMARKS.md, "Host memory"). Each
+# side runs at least as fast with them on every line, so they are the default of the
+# comparison (`--malloc default` keeps glibc's settings). `glibc.malloc.arena_max=1` is
+# left out: it slowed the loop to 249 ms.
 TUNED_MALLOC = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
                 'glibc.malloc.trim_threshold=68719476736')
 
