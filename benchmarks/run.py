@@ -69,14 +69,11 @@ TUNED_MALLOC = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
                 'glibc.malloc.trim_threshold=68719476736')
 
 
-def exec_with_allocator(argv: list[str]) -> None:
-  """Restarts `python -m benchmarks.run argv` with `TUNED_MALLOC` if `--malloc tuned`
-  (the default) is asked for and the process did not start with them; glibc reads its
+def exec_with_allocator(argv: list[str], malloc: str) -> None:
+  """Restarts `python -m benchmarks.run argv` with `TUNED_MALLOC` if `malloc` (the parsed
+  `--malloc`) is 'tuned' and the process did not start with them; glibc reads its
   tunables only at start-up. A `GLIBC_TUNABLES` the user set is left alone."""
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument('--malloc', default='tuned')
-  if (parser.parse_known_args(argv)[0].malloc != 'tuned' or 'GLIBC_TUNABLES' in os.environ
-      or platform.libc_ver()[0] != 'glibc'):
+  if malloc != 'tuned' or 'GLIBC_TUNABLES' in os.environ or platform.libc_ver()[0] != 'glibc':
     return
   sys.stdout.flush()
   os.execve(sys.executable, [sys.executable, '-m', 'benchmarks.run', *argv],
@@ -107,9 +104,14 @@ def _round_times(fns: dict, reps: int, warmup: int = 1) -> dict:
   return times
 
 
+def _medians(times: dict) -> dict:
+  """`{name: median}` of `_round_times`' `{name: [s, ...]}`."""
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
   """Median seconds per call of each fn over `reps` alternating rounds."""
-  return {k: statistics.median(v) for k, v in _round_times(fns, reps, warmup).items()}
+  return _medians(_round_times(fns, reps, warmup))
 
 
 def paired_ratios(ref_times: list, new_times: list) -> tuple[float, float, float]:
@@ -235,7 +237,9 @@ def _torch_flops(fn) -> float:
   return float(counter.get_total_flops())
 
 
-def main(argv=None):
+def main(argv=None, restart: bool = False):
+  """Runs the benchmark; `restart` (the module entry point) lets `--malloc tuned` restart
+  the process with `TUNED_MALLOC` first (`exec_with_allocator`)."""
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true')
@@ -257,6 +261,8 @@ def main(argv=None):
                       'memory and uses huge pages (TUNED_MALLOC; applied by restarting '
                       "when run as a module), 'default' keeps glibc's settings")
   args = parser.parse_args(argv)
+  if restart:
+    exec_with_allocator(sys.argv[1:] if argv is None else list(argv), args.malloc)
   import torch
 
   from benchmarks import torch_reference as ref
@@ -317,7 +323,8 @@ def main(argv=None):
 
   def report(name, times, unit='steps/s'):
     """Prints and records the medians and their ratio; returns the medians."""
-    s_jax, s_torch = statistics.median(times['jax']), statistics.median(times['torch'])
+    med = _medians(times)
+    s_jax, s_torch = med['jax'], med['torch']
     ratio = s_torch / s_jax
     print(f'{name}: mipae_jax {1 / s_jax:.3f} {unit} ({s_jax * 1e3:.0f} ms) | torch '
           f'{1 / s_torch:.3f} {unit} ({s_torch * 1e3:.0f} ms)')
@@ -357,7 +364,7 @@ def main(argv=None):
       np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
 
     times = _round_times({'device': device, 'loop': loop}, max(3, reps // 2))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _medians(times)
     rate_d, rate_l = b / med['device'], b / med['loop']
     print(f'data: on-device stream {rate_d:.0f} seq/s | per-sample loop {rate_l:.0f} seq/s')
     print(f'ratio data_stream device/loop: {rate_d / rate_l:.1f}')
@@ -408,7 +415,7 @@ def main(argv=None):
       times = _round_times(
           {'jax': jae, 'torch': synced(lambda t=tae, a=tcv, v=tv: t.step(a, v))},
           2 if args.quick else 3)
-      med = {k: statistics.median(v) for k, v in times.items()}
+      med = _medians(times)
       _, lo, hi = paired_ratios(times['torch'], times['jax'])
       print(f'batch {bs}: ae_iteration mipae_jax {med["jax"] * 1e3:.0f} ms (compile '
             f'{jae.compile_s:.0f} s) | torch {med["torch"] * 1e3:.0f} ms | ratio jax/torch '
@@ -428,5 +435,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  exec_with_allocator(sys.argv[1:])
-  main()
+  main(restart=True)

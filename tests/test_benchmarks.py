@@ -110,15 +110,31 @@ def test_run_restarts_once_with_the_tuned_allocator(monkeypatch):
   monkeypatch.setattr(run.os, 'execve', lambda exe, args, env: calls.append((args, env)))
   monkeypatch.setattr(run.platform, 'libc_ver', lambda: ('glibc', '2.36'))
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
-  run.exec_with_allocator(['--quick'])
+  run.exec_with_allocator(['--quick'], 'tuned')
   ((args, env),) = calls
   assert args[1:] == ['-m', 'benchmarks.run', '--quick']
   assert env['GLIBC_TUNABLES'] == run.TUNED_MALLOC
-  run.exec_with_allocator(['--malloc', 'default'])  # Asked to keep glibc's settings.
+  run.exec_with_allocator(['--malloc', 'default'], 'default')  # Asked to keep glibc's settings.
   monkeypatch.setenv('GLIBC_TUNABLES', run.TUNED_MALLOC)
-  run.exec_with_allocator(['--quick'])  # Restarted already: no loop.
+  run.exec_with_allocator(['--quick'], 'tuned')  # Restarted already: no loop.
   assert 'tuned' in run._allocator()
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
-  run.exec_with_allocator([])  # The user's own tunables are left alone.
+  run.exec_with_allocator([], 'tuned')  # The user's own tunables are left alone.
   assert "GLIBC_TUNABLES='glibc.malloc.arena_max=2'" in run._allocator()
   assert len(calls) == 1
+
+
+def test_run_main_restarts_before_any_work_when_run_as_a_module(monkeypatch):
+  class Restarted(Exception):
+    pass
+
+  def execve(exe, args, env):
+    raise Restarted(args, env['GLIBC_TUNABLES'])
+
+  monkeypatch.setattr(run.os, 'execve', execve)
+  monkeypatch.setattr(run.platform, 'libc_ver', lambda: ('glibc', '2.36'))
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  with pytest.raises(Restarted) as e:
+    run.main(['--quick', '--skip', 'ae'], restart=True)
+  assert e.value.args == ([run.sys.executable, '-m', 'benchmarks.run', '--quick', '--skip',
+                           'ae'], run.TUNED_MALLOC)
