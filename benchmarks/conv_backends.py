@@ -16,7 +16,10 @@ gradient (dX), and prints GFLOP/s (multiply-adds x 2 of that one pass) for:
 - `torch`: `nn.Conv2d` / `nn.ConvTranspose2d`, channels-last, oneDNN (`--threads`);
   dW and dX by `torch.autograd.grad` over one recorded forward graph.
 
-Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `layers._channel_sum`.
+Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `layers._channel_sum`,
+and one training-mode BatchNorm layer (forward and backward) with the one-pass
+E[x^2] - E[x]^2 statistics it used to compute against the corrected two-pass statistics
+of `layers.batch_norm_train` now (one more read of the activation, no lost precision).
 
 On a GPU the compiler options are empty (`xla-eigen` is left out), torch runs on the same
 card (cuDNN) and each timed call waits for it; `--dtype bfloat16` profiles bfloat16
@@ -28,6 +31,7 @@ on an accelerator, against XLA's plain ops.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +139,44 @@ def profile_channel_sums(batch: int, reps: int, dtype: str = 'float32'):
   return rows
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_one_pass(x, scale, bias, epsilon, axis_name):
+  """The layer as it was: E[x^2] - E[x]^2 statistics, the same backward pass."""
+  return _bn_one_pass_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _bn_one_pass_fwd(x, scale, bias, epsilon, axis_name):
+  count = x.size // x.shape[-1]
+  mean = layers._channel_sum(x) / count
+  var = jnp.maximum(layers._channel_sum(x * x) / count - mean * mean, 0.0)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (rstd * scale) + bias
+  return (y, mean, var), (x, mean, rstd, scale)
+
+
+_bn_one_pass.defvjp(_bn_one_pass_fwd, layers._bn_bwd)
+
+
+def profile_batch_norm(batch: int, reps: int):
+  """ms per forward + backward of one BatchNorm layer: one-pass vs the layer's own."""
+  rows = []
+  for size, c in ((32, 64), (16, 128), (8, 256)):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size, size, c)), jnp.float32)
+    dy = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    scale, bias = jnp.ones((c,)), jnp.zeros((c,))
+    fns = {}
+    for name, bn in (('one_pass', _bn_one_pass), ('two_pass', layers.batch_norm_train)):
+      f = lambda a, s, b, bn=bn: bn(a, s, b, 1e-5, None)[0]
+      step = compiler.jit(lambda a, s, b, g, f=f: jax.vjp(f, a, s, b)[1](g))
+      args = (x, scale, bias, dy)
+      fns[name] = lambda step=step, args=args: jax.block_until_ready(step(*args))
+    t = _median_times(fns, reps)
+    rows.append((f'[{batch}, {size}, {size}, {c}]', t['one_pass'] * 1e3,
+                 t['two_pass'] * 1e3))
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,6 +217,12 @@ def main(argv=None):
   print('|---|---|---|')
   for shape, plain, ours in profile_channel_sums(batch, reps, args.dtype):
     print(f'| {shape} | {plain:.2f} | {ours:.2f} |')
+  print()
+  print('BatchNorm layer, forward + backward (ms):')
+  print('| activation | one-pass E[x^2]-E[x]^2 | layers.batch_norm_train (two-pass) | ratio |')
+  print('|---|---|---|---|')
+  for shape, old, new in profile_batch_norm(batch, reps):
+    print(f'| {shape} | {old:.2f} | {new:.2f} | {old / new:.2f} |')
 
 
 if __name__ == '__main__':
