@@ -7,6 +7,8 @@ from mipae_jax import data, losses, models
 
 DTYPES = ('float32', 'bfloat16')
 ARCHS = ('dcgan', 'vgg')
+MIG_ESTIMATORS = ('probe', 'paper')
+KNN_MODES = ('discrete', 'continuous')
 
 
 def _fail(field: str, found, allowed: str):
@@ -85,3 +87,10 @@ def validate(config, num_devices: int = 1) -> None:
           f'score longer predictions')
   if config.eval.mig_samples < 100:
     _fail('eval.mig_samples', config.eval.mig_samples, 'at least 100 (the paper uses 100,000)')
+  if config.eval.mig_estimator not in MIG_ESTIMATORS:
+    _fail('eval.mig_estimator', config.eval.mig_estimator, f'one of {MIG_ESTIMATORS}')
+  if not isinstance(config.eval.paper_protocol, bool):
+    _fail('eval.paper_protocol', config.eval.paper_protocol, 'True or False')
+  for field in ('knn_content_mode', 'knn_pose_mode'):
+    if config.eval[field] not in KNN_MODES:
+      _fail(f'eval.{field}', config.eval[field], f'one of {KNN_MODES}')

@@ -408,9 +408,16 @@ def evaluate_workdir(workdir: str, overrides=()) -> dict:
 def print_summary(workdir: str, results: dict) -> None:
   if not results:
     return
-  m = results['mig']['paper']
-  print(f'MIG {m["mig"]:.4f} (I(fc;zc) {m["I_fc_zc"]:.3f}, I(fc;zp) {m["I_fc_zp"]:.3f}, '
-        f'I(fp;zc) {m["I_fp_zc"]:.3f}, I(fp;zp) {m["I_fp_zp"]:.3f}); '
+  from mipae_jax import evaluate
+
+  m = evaluate.headline(results)
+  extra = ''
+  if 'paper' in results['mig'] and results['mig']['estimator'] != 'paper':
+    extra = f'; paper-protocol (kNN) MIG {results["mig"]["paper"]["mig"]:.4f}'
+  print(f'MIG {m["mig"]:.4f} [{results["mig"]["estimator"]}] (I(fc;zc) {m["I_fc_zc"]:.3f}, '
+        f'I(fc;zp) {m["I_fc_zp"]:.3f}, I(fp;zc) {m["I_fp_zc"]:.3f}, I(fp;zp) '
+        f'{m["I_fp_zp"]:.3f}){extra}; pose from z_c R^2 '
+        f'{results["mig"]["linear_r2"]["pose_from_zc"]:.3f}; '
         f'classic MIG {results["mig"]["classic"]["mig"]:.4f}')
   if 'prediction' in results:
     p = results['prediction']

@@ -200,10 +200,33 @@ def test_classic_mig_entangled_latent_has_zero_gap():
 
 
 def test_selfcheck_cli_passes(capsys):
-  assert mig.main(['--selfcheck', '--n', '1500']) == 0
+  assert mig.main(['--selfcheck', '--knn_only', '--n', '1500']) == 0
   out = json.loads(capsys.readouterr().out)
   assert all(case['ok'] for case in out.values())
   assert {'copy', 'independent', 'swapped', 'unique_pose_labels'} <= set(out)
+
+
+def test_selfcheck_cli_runs_the_probe_suite_and_fails_on_a_failed_check(monkeypatch, capsys):
+  """The probe suite itself runs in tests/test_probe_mig.py; here only the CLI's wiring:
+  its table is printed and one failed check makes the exit status 1."""
+  from mipae_jax.metrics import validation
+
+  calls = []
+
+  def fake_suite(n):
+    calls.append(n)
+    res = {case: {'mig': v, 'mig_2n': v, 'I_fp_zc': 0.0, 'ok': True}
+           for case, v in validation.EXPECTED.items()}
+    res['projection_2'] = {'I_fc_Pz': 1.0, 'I_fc_z': 2.0, 'I_fp_Pz': 1.0, 'I_fp_z': 2.0,
+                           'ok': False}
+    res['seconds'] = 1.0
+    return res
+
+  monkeypatch.setattr(validation, 'run_suite', fake_suite)
+  assert mig.main(['--selfcheck', '--n', '1500']) == 1
+  assert calls == [1500]
+  out = capsys.readouterr()
+  assert '| leaky | 0.5 |' in out.out and 'probe:projection_2' in out.err
 
 
 def test_ross_chebyshev_norm_also_accurate():

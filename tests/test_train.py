@@ -121,8 +121,11 @@ def test_one_step_is_the_same_on_one_and_four_devices(config):
   gradient itself and the parameters compare gradients at full scale: with eps = 1e-8
   Adam's first step is lr * sign(gradient), which turns the summation-order noise of a
   near-zero gradient element into a full step. A real error (a missing or doubled
-  average) moves parameters by ~0.1; summation order moves them by ~5e-6. (Convolutions
-  before a BatchNorm have no bias: its gradient, exactly zero, was pure noise.)
+  average) moves parameters by ~0.1; summation order moves them by ~2.5e-5 (3e-6 with
+  the former one-pass BatchNorm statistics, although a lone BatchNorm layer now differs
+  less between layouts: 1.4e-6 forward and 7.6e-6 backward, against 9.8e-6 and 4e-5).
+  (Convolutions before a BatchNorm have no bias: its gradient, exactly zero, was pure
+  noise.)
   """
   assert jax.device_count() == 4
   cfg = tiny.get_config()
@@ -135,8 +138,8 @@ def test_one_step_is_the_same_on_one_and_four_devices(config):
       parallel.replicate(st), sharding.shard_batch(batch, 4), key)
   pm, pm_m = parallel.unreplicate(pm), parallel.unreplicate(pm_m)
   for other, other_m in ((sm, sm_m), (pm, pm_m)):
-    assert tree_max_diff(ref.model.params, other.model.params) < 1e-5
-    assert tree_max_diff(ref.critic.params, other.critic.params) < 1e-5
+    assert tree_max_diff(ref.model.params, other.model.params) < 5e-5
+    assert tree_max_diff(ref.critic.params, other.critic.params) < 5e-5
     assert tree_max_diff(ref.batch_stats, other.batch_stats) < 1e-5
     for name in ref_m:
       np.testing.assert_allclose(other_m[name], ref_m[name], rtol=1e-4, atol=1e-5,

@@ -20,6 +20,7 @@ def get_config():
   c.train.log_every = 50
   c.train.ckpt_every = 500
   c.eval.mig_samples = 20_000
+  c.eval.knn_content_mode = 'discrete'  # One sprite: 240 content labels, Ross (the paper's).
   c.eval.test_videos = 200
   c.eval.future_frames = 5
   return c

@@ -9,6 +9,7 @@ Conventions used throughout `mipae_jax.data`:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -17,6 +18,32 @@ import jax.numpy as jnp
 import numpy as np
 
 SPLITS = ('train', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorGroup:
+  """Factor columns that form one categorical variable, for the MIG's probes.
+
+  A dataset lists its content and pose factors as groups that are independent of each
+  other in the frames `sample_static` draws (e.g. one sprite's (shape, scale,
+  orientation), which the split draws as one combination; x; y; the front sprite).
+
+  Attributes:
+    name: shown in reports.
+    columns: indices into the content or pose factor table.
+    ordinal: one column of grid levels (positions): the probe may use their order.
+    levels: number of levels of an ordinal group (None: from the data).
+    entropy: H of the group (nats) under `sample_static`'s population, when known.
+    ceiling: I(group; image) (nats), < entropy where distinct values render to the same
+      image (a square turned by 90 degrees, the front order of sprites that do not
+      overlap); None when every value is visible (then the ceiling is the entropy).
+  """
+  name: str
+  columns: tuple[int, ...]
+  ordinal: bool = False
+  levels: int | None = None
+  entropy: float | None = None
+  ceiling: float | None = None
 CANVAS = 64  # Every dataset renders at 64 x 64; smaller image sizes are area-averaged.
 
 
@@ -47,6 +74,16 @@ class VideoSource:
   def sample_static(self, key_or_seed, n: int, split: str = 'test'):
     """Returns `(images [N, H, W, C] float32, content [N, Kc] int32, pose [N, Kp] int32)`."""
     raise NotImplementedError
+
+  def factor_groups(self, split: str = 'test') -> dict | None:
+    """`{'content': (FactorGroup, ...), 'pose': (...)}` for `sample_static(split)`'s frames.
+
+    None (the default) lets the MIG group the factors itself (`metrics.probe.
+    default_groups`: joint label if small, else independent columns; entropies estimated
+    from the labels); datasets whose population is known say so exactly.
+    """
+    del split
+    return None
 
   def test_videos(self, seed: int, n: int):
     """A fixed test set: the same `seed` gives the same videos in every run.
@@ -192,6 +229,30 @@ def area_downsample(frames, size: int, xp: Any = jnp):
   f = h // size
   x = frames.reshape(frames.shape[:-3] + (size, f, size, w // size, c))
   return x.mean(axis=(-4, -2))
+
+
+def conditional_entropy(values, renders) -> float:
+  """H(value | render) in nats over equally likely cells: values, renders [M] ints.
+
+  Cell i has value `values[i]` and renders to image class `renders[i]`; given a render,
+  the value's posterior is proportional to how many of the render's cells hold it.
+  """
+  _, r = np.unique(np.asarray(renders), return_inverse=True)
+  _, v = np.unique(np.asarray(values), return_inverse=True)
+  table = np.zeros((r.max() + 1, v.max() + 1))
+  np.add.at(table, (r.reshape(-1), v.reshape(-1)), 1)
+  n_r = table.sum(1, keepdims=True)
+  p = table / n_r
+  with np.errstate(divide='ignore', invalid='ignore'):
+    h_r = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+  return float(np.sum(n_r[:, 0] * h_r) / table.sum())
+
+
+def uniform_groups(names: tuple[str, ...], ordinal_levels: dict[str, int]):
+  """One independent, uniformly distributed group per ordinal factor (grid positions)."""
+  return tuple(FactorGroup(n, (i,), ordinal=True, levels=ordinal_levels[n],
+                           entropy=float(np.log(ordinal_levels[n])))
+               for i, n in enumerate(names) if n in ordinal_levels)
 
 
 def split_combos(num_combos: int, seed: int, test_fraction: float = 1 / 3):

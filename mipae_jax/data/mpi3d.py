@@ -143,6 +143,17 @@ class Mpi3dVideos(common.VideoSource):
     return videos, {'content': content_t.astype(np.int32),
                     'pose': np.stack([ax, ay], -1).astype(np.int32)}
 
+  def factor_groups(self, split: str = 'test') -> dict:
+    """Factor groups of `sample_static(split)` with exact entropies: the five content
+    factors as one group (the split draws whole combinations, uniformly), and the two
+    arm axes, each uniform and ordinal."""
+    self._check_split(split)
+    content = (common.FactorGroup('+'.join(CONTENT_NAMES), tuple(range(5)),
+                                  entropy=float(np.log(len(self.combos[split])))),)
+    return {'content': content,
+            'pose': common.uniform_groups(POSE_NAMES, {POSE_NAMES[0]: self.layout[5],
+                                                       POSE_NAMES[1]: self.layout[6]})}
+
   def sample_static(self, key_or_seed, n: int, split: str = 'test'):
     """Single frames uniform over the split's content combinations and both axes.
 

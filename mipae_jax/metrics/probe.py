@@ -1,0 +1,471 @@
+"""Held-out variational lower bounds on I(factor; latent): a probe trained in JAX.
+
+For any conditional distribution q(f | z), the cross-entropy CE = E[-log q(f | z)] on
+samples the probe did not train on is an unbiased estimate of an upper bound on H(f | z),
+so
+
+  I(f; z) = H(f) - H(f | z) >= H(f) - CE                          (Barber & Agakov 2003)
+
+holds for every probe; a better probe only makes the bound tighter. Unlike the kNN
+estimators (`mig.paper_mig`), this one is valid in any dimension (z_c is 128 wide),
+cannot report more for a function of z than for z itself (up to noise and the probe's
+training), and is blind to coordinates that carry nothing, because a classifier learns
+to ignore them.
+
+Factors come in `FactorGroup`s (the dataset declares which columns form one categorical
+variable and which groups are independent in the sampled population). The probe is a
+chain of one softmax per group, q(f | z) = prod_g q_g(f_g | z, f_<g): a proper
+distribution over the joint factor, which also counts what only the factors hold
+together (a code that mixes x and y pins x once y is known). With population-independent
+groups H(f) = sum_g H_g, so
+
+  I(f; z) >= sum_g (H_g - CE_g),   CE_g = held-out E[-log q_g(f_g | z, f_<g)].
+
+The probe (`ProbeConfig`, one fixed setting for every latent and every run):
+- inputs standardised with the training split's statistics, plus the least-squares
+  read-out of the ordinal factors (an MLP calibrates a few such directions easily, but
+  not inside 128 noisy ones at 10^4 frames: without them the probe held less about f_p
+  for a trained z_c than for its own 2-d projection);
+- an MLP trunk (2 x 256 ReLU), shared by the groups, each group's input being z, the
+  earlier groups' labels and the group's index, and a linear skip from that input, so
+  the probe contains every linear softmax classifier;
+- per group, a softmax over its labels; an ordinal group (a grid coordinate such as x
+  or y) also gets a regression of its level (the closed-form least-squares fit plus the
+  network's correction) and of its spread, scored as a discretised Gaussian over the
+  levels and mixed with the softmax, q = lam N(level; mu, m sigma) + (1 - lam) softmax,
+  with the width multiplier m and lam picked on the validation split (for a noisy linear
+  code of a position this is the exact Bayes posterior; the softmax covers multi-modal
+  posteriors);
+- Adam (lr 1e-3, batch 256), frames split 70 / 10 / 20 % into train / validation / test
+  by a fixed seed; after each epoch every group's validation CE is measured, and each
+  group's bound is its test CE at the epoch of its own best validation CE (early
+  stopping: selection never looks at the test frames, so the bound stays honest); after
+  3 epochs without a validation gain in any group the learning rate drops 4x, and
+  training stops at the fourth such plateau or at 100 epochs.
+
+The bound tightens as the probe sees more frames, so estimates from different numbers
+of frames are not comparable (on latents with known answers they agree within 0.05
+between 20,000 and 40,000 frames; on a trained model's z_c, where the information is
+hard to read, they rose by half from 20,000 to 100,000).
+
+One held-out split (20 % of the frames) scores the bound, so its standard error is
+std(log q) / sqrt(0.2 N): about 0.01-0.03 nats per term at N = 20,000.
+
+H_g is the population entropy when the dataset knows it (the factor grid and the
+sampling rule are known) and a Grassberger estimate on the labels otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import special
+
+from mipae_jax.data.common import FactorGroup
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+  """Everything that defines the probe estimator (see the module docstring)."""
+  hidden: int = 256
+  depth: int = 2
+  learning_rate: float = 1e-3
+  batch_size: int = 256
+  max_epochs: int = 100
+  patience: int = 3  # Epochs without a validation gain before the learning rate drops.
+  lr_drops: int = 3  # Drops (x 1/4 each) before training stops.
+  train_fraction: float = 0.7
+  val_fraction: float = 0.1
+  seed: int = 0
+
+  def describe(self) -> str:
+    return (f'MLP probe {self.depth} x {self.hidden} ReLU + linear skip, a chain of softmaxes '
+            f'over the factor groups (+ a discretised Gaussian for ordinal factors, whose '
+            f'least-squares read-out is also an input), Adam lr '
+            f'{self.learning_rate:g}, batch {self.batch_size}, split '
+            f'{self.train_fraction:.0%}/{self.val_fraction:.0%}/'
+            f'{1 - self.train_fraction - self.val_fraction:.0%} train/val/test (seed '
+            f'{self.seed}), learning rate / 4 after {self.patience} epochs without a '
+            f'validation gain, stop after {self.lr_drops} drops or {self.max_epochs} '
+            f'epochs; per-group early stopping on validation CE; I >= H - held-out CE')
+
+
+DEFAULT = ProbeConfig()  # The setting every report uses.
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def grassberger(labels: np.ndarray) -> float:
+  """Grassberger (2003) entropy estimate (nats) of integer labels [N]."""
+  _, counts = np.unique(labels, return_counts=True)
+  n = counts.astype(np.float64)
+  g = special.digamma(n) + 0.5 * (-1.0) ** n * (
+      special.digamma((n + 1) / 2) - special.digamma(n / 2))
+  return float(np.log(n.sum()) - np.sum(n * g) / n.sum())
+
+
+def encode_groups(factors: np.ndarray, groups: Sequence[FactorGroup]):
+  """Factor table [N, K] -> (class ids [N, G] int32, classes per group).
+
+  An ordinal group's ids are its integer levels (0 .. L-1, L from the data's maximum);
+  any other group's ids index its distinct label rows.
+  """
+  factors = np.asarray(factors).reshape(len(factors), -1)
+  ids, sizes = [], []
+  for g in groups:
+    cols = factors[:, list(g.columns)]
+    if g.ordinal:
+      if cols.shape[1] != 1 or cols.min() < 0:
+        raise ValueError(f'ordinal factor group {g.name!r} needs one column of levels >= 0')
+      ids.append(cols[:, 0].astype(np.int32))
+      sizes.append(int(max(cols.max() + 1, g.levels or 0)))
+    else:
+      _, inv = np.unique(cols, axis=0, return_inverse=True)
+      ids.append(inv.reshape(-1).astype(np.int32))
+      sizes.append(int(inv.max() + 1))
+  return np.stack(ids, 1), tuple(sizes)
+
+
+def default_groups(factors: np.ndarray, names: Sequence[str] | None = None,
+                   ordinal: bool = False, max_joint: int = 4096) -> tuple[FactorGroup, ...]:
+  """Groups for factors a dataset did not describe: the joint label as one group when it
+  has at most `max_joint` values, else one group per column (assumed independent)."""
+  factors = np.asarray(factors).reshape(len(factors), -1)
+  k = factors.shape[1]
+  names = list(names) if names is not None else [f'f{i}' for i in range(k)]
+  if not ordinal and len(np.unique(factors, axis=0)) <= max_joint:
+    return (FactorGroup('+'.join(names), tuple(range(k))),)
+  return tuple(FactorGroup(names[i], (i,), ordinal=ordinal) for i in range(k))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+# Multipliers of the predicted width sigma(z) the discretised Gaussian of an ordinal
+# group is scored with; the validation split picks one per group, with the mixture
+# weight below.
+SIGMAS = tuple(float(v) for v in np.geomspace(0.25, 4.0, 17))
+MIN_SIGMA = 0.05  # Levels: below this every grid's Gaussian is a point mass anyway.
+# Weight of the Gaussian in the mixture with the classifier (0: classifier alone).
+LAMBDAS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.97, 0.99, 0.999)
+
+
+def label_features(ids, sizes, ordinal):
+  """What a later group's head sees of the earlier groups' labels.
+
+  ids [N, G] -> (features [N, F] float32, masks [G, F]): an ordinal group's level scaled
+  to [-1, 1], any other group's one-hot code; mask g selects the groups before g.
+  """
+  feats, owner = [], []
+  for g, (size, o) in enumerate(zip(sizes, ordinal, strict=True)):
+    if o:
+      feats.append((2 * ids[:, g:g + 1] / max(size - 1, 1) - 1).astype(np.float32))
+      owner.append(np.full(1, g))
+    else:
+      feats.append(np.eye(size, dtype=np.float32)[ids[:, g]])
+      owner.append(np.full(size, g))
+  owner = np.concatenate(owner)
+  masks = (owner[None, :] < np.arange(len(sizes))[:, None]).astype(np.float32)
+  return np.concatenate(feats, 1), masks
+
+
+def group_inputs(z, e, masks):
+  """Per-group probe inputs [B, G, D + F + G]: z, the earlier groups' labels, group id."""
+  b, g = z.shape[0], masks.shape[0]
+  return jnp.concatenate([jnp.broadcast_to(z[:, None], (b, g, z.shape[1])),
+                          e[:, None, :] * masks[None],
+                          jnp.broadcast_to(jnp.eye(g, dtype=z.dtype), (b, g, g))], -1)
+
+
+class Probe(nn.Module):
+  """(x [B, G, Din] per-group inputs, base [B, G]) -> (logits per group (tuple of
+  [B, L_g]), level means [B, G], widths [B, G]).
+
+  Group g's input is z with the labels of groups 0..g-1 (`group_inputs`), so the groups
+  form a chain q(f | z) = prod_g q_g(f_g | z, f_<g): a proper distribution over the
+  joint factor that also sees what only the factors together hold (a pose code that
+  mixes x and y). One trunk, shared by the groups. The means (in levels) are used by
+  ordinal groups only: a regression of the level on the input, as the closed-form
+  least-squares fit `base` plus the network's correction.
+  """
+  sizes: tuple[int, ...]
+  hidden: int = 256
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, x, base):
+    b, g, din = x.shape
+    h = x.reshape(b * g, din)
+    for _ in range(self.depth):
+      h = nn.relu(nn.Dense(self.hidden)(h))
+    feats = jnp.concatenate([h.reshape(b, g, -1), x], axis=-1)  # The skip: every linear
+    # classifier fits.
+    logits = tuple(nn.Dense(size, kernel_init=nn.initializers.zeros)(feats[:, i])
+                   for i, size in enumerate(self.sizes))
+    # The linear part of the regression is solved exactly beforehand (`base`): Adam's
+    # steps jitter a weight by about lr, which at lr 1e-3 blurs a gradient-trained
+    # linear read-out of a 32-level grid by ~0.5 levels. The network adds what is not
+    # linear, from outputs of order 1 scaled to the grid.
+    u = jnp.stack([nn.Dense(1, kernel_init=nn.initializers.zeros)(feats[:, i])[:, 0]
+                   for i in range(g)], 1)
+    # Its width (levels), per sample: posteriors are sharper in some places than others.
+    v = jnp.stack([nn.Dense(1, kernel_init=nn.initializers.zeros,
+                            bias_init=nn.initializers.constant(np.log(3.0)))(feats[:, i])[:, 0]
+                   for i in range(g)], 1)
+    return logits, base + (jnp.asarray(self.sizes, jnp.float32) - 1) * u, \
+        MIN_SIGMA + jnp.exp(v)
+
+
+def _log_softmax_at(logits, ids):
+  """[B, G] log q_g(true label | input) of each group's classifier."""
+  return jnp.stack([jnp.take_along_axis(jax.nn.log_softmax(lg), ids[:, g:g + 1], 1)[:, 0]
+                    for g, lg in enumerate(logits)], 1)
+
+
+def _log_gauss_at(mu, sigma, ids, sizes):
+  """[B, G, S] log of the discretised Gaussian N(level; mu, m_s sigma) at the true level,
+  normalised over each group's levels, for every multiplier m_s in SIGMAS."""
+  mult = jnp.asarray(SIGMAS, jnp.float32)
+  out = []
+  for g, size in enumerate(sizes):
+    j = jnp.arange(size, dtype=jnp.float32)
+    sig = sigma[:, g, None] * mult  # [B, S]
+    e = -0.5 * ((j[None, :, None] - mu[:, g, None, None]) / sig[:, None]) ** 2  # [B, L, S]
+    true = -0.5 * ((ids[:, g, None].astype(jnp.float32) - mu[:, g, None]) / sig) ** 2
+    out.append(true - jax.nn.logsumexp(e, axis=1))
+  return jnp.stack(out, 1)
+
+
+def _jit(fun, optimise: bool):
+  """jax.jit; with `optimise`, at XLA's full optimisation even where XLA_FLAGS lower it
+  (as `make test` does to compile networks faster): a probe on thousands of frames runs
+  thousands of steps (1.5x faster so), while on a few hundred compiling dominates."""
+  return jax.jit(fun, compiler_options=(
+      {'xla_backend_optimization_level': 3} if optimise else None))
+
+
+def _make_fns(model, tx, batch_size, sizes, ordinal, masks, optimise):
+  ordinal = jnp.asarray(ordinal, jnp.float32)
+  scale = jnp.asarray([max(s - 1, 1) for s in sizes], jnp.float32)
+  masks = jnp.asarray(masks)
+
+  def apply(params, z, e, base):
+    return model.apply(params, group_inputs(z, e, masks), base)
+
+  def loss_fn(params, z, e, base, ids):
+    logits, mu, sigma = apply(params, z, e, base)
+    ce = -jnp.mean(_log_softmax_at(logits, ids), axis=0)
+    # Ordinal groups only: the squared error in units of the grid's span, and the
+    # Gaussian likelihood of the width given that (fixed) mean: a variance regression.
+    mse = jnp.mean(((mu - ids) / scale) ** 2, axis=0)
+    r = jax.lax.stop_gradient(mu) - ids
+    nll = jnp.mean(jnp.log(sigma) + 0.5 * (r / sigma) ** 2, axis=0)
+    return jnp.sum(ce) + jnp.sum((mse + nll) * ordinal)
+
+  def train_step(carry, batch):
+    params, opt_state = carry
+    grads = jax.grad(loss_fn)(params, *batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  @functools.partial(_jit, optimise=optimise)
+  def epoch(params, opt_state, arrays, key):
+    n = (len(arrays[0]) // batch_size) * batch_size
+    perm = jax.random.permutation(key, len(arrays[0]))[:n]
+    batches = tuple(a[perm].reshape((-1, batch_size) + a.shape[1:]) for a in arrays)
+    (params, opt_state), _ = jax.lax.scan(train_step, (params, opt_state), batches)
+    return params, opt_state
+
+  @functools.partial(_jit, optimise=optimise)
+  def evaluate(params, z, e, base, ids):
+    """Per sample: log q of the classifier [N, G] and of each Gaussian [N, G, S]."""
+    logits, mu, sigma = apply(params, z, e, base)
+    return _log_softmax_at(logits, ids), _log_gauss_at(mu, sigma, ids, sizes)
+
+  return epoch, evaluate
+
+
+def _mixture_ce(log_cls, log_gauss, ordinal):
+  """Per group, the CE (nats) of every (sigma, lambda) mixture: [G, S, L] (numpy).
+
+  Non-ordinal groups use the classifier alone (every entry equals its CE).
+  """
+  lam = np.asarray(LAMBDAS)
+  with np.errstate(divide='ignore'):
+    log_lam, log_1m = np.log(lam), np.log1p(-lam)
+  out = []
+  for g in range(log_cls.shape[1]):
+    c = log_cls[:, g, None, None]
+    if not ordinal[g]:
+      out.append(np.broadcast_to(-c.mean(), (len(SIGMAS), len(lam))))
+      continue
+    mix = np.logaddexp(log_lam + log_gauss[:, g, :, None], log_1m + c)
+    out.append(-mix.mean(0))
+  return np.stack(out)
+
+
+def _eval_logs(evaluate, params, arrays, rows, chunk=10_000):
+  """`evaluate` over `rows` in chunks of one size (the last padded), one compilation."""
+  chunk = min(chunk, len(rows))
+  pad = np.resize(rows, -(-len(rows) // chunk) * chunk)
+  parts = [evaluate(params, *(a[pad[s:s + chunk]] for a in arrays))
+           for s in range(0, len(pad), chunk)]
+  n = len(rows)
+  return (np.concatenate([np.asarray(a, np.float64) for a, _ in parts])[:n],
+          np.concatenate([np.asarray(b, np.float64) for _, b in parts])[:n])
+
+
+def split_indices(n: int, config: ProbeConfig):
+  """Seeded (train, val, test) index arrays covering range(n)."""
+  perm = np.random.default_rng(np.random.SeedSequence([config.seed, n])).permutation(n)
+  n_tr = int(round(n * config.train_fraction))
+  n_va = int(round(n * config.val_fraction))
+  if min(n_tr, n_va, n - n_tr - n_va) < 1:
+    raise ValueError(f'{n} samples are too few for a train/validation/test split')
+  return perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
+
+
+def train_probe(z, ids, sizes, ordinal, config: ProbeConfig = DEFAULT) -> dict:
+  """Fits the probe on the train split; returns per-group held-out CE and diagnostics.
+
+  z [N, D] float, ids [N, G] int (from `encode_groups`). Returns dict with 'ce_test' [G],
+  'ce_val' [G], 'best_epoch' [G], 'sigma' [G] and 'lam' [G] (the Gaussian's width and
+  weight chosen on validation; lam 0 for the classifier alone), 'epochs', 'seconds'.
+  """
+  t0 = time.perf_counter()
+  z = np.asarray(z, np.float64).reshape(len(z), -1)
+  tr, va, te = split_indices(len(z), config)
+  mean, std = z[tr].mean(0), z[tr].std(0)
+  z = ((z - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+  ids = np.asarray(ids, np.int32)
+  ordinal = np.asarray(ordinal, bool)
+  if ordinal.any():
+    # The least-squares read-out of the ordinal levels, as extra input coordinates: an
+    # MLP finds a non-linear calibration of a few such directions easily, but not
+    # inside 128 noisy ones at 10^4 frames (it overfits first), so without them the
+    # probe could hold less about f_p for z_c than for its own 2-d projection.
+    x1 = np.hstack([z, np.ones((len(z), 1), np.float32)]).astype(np.float64)
+    w, *_ = np.linalg.lstsq(x1[tr], ids[tr][:, ordinal].astype(np.float64), rcond=None)
+    proj = x1 @ w
+    sd = proj[tr].std(0)
+    proj = (proj - proj[tr].mean(0)) / np.where(sd > 0, sd, 1.0)
+    z = np.hstack([z, proj.astype(np.float32)])
+  batch = min(config.batch_size, len(tr))
+  model = Probe(tuple(int(s) for s in sizes), config.hidden, config.depth)
+  key = jax.random.key(config.seed)
+  e, masks = label_features(ids, sizes, ordinal)
+  # Least squares of each ordinal group's level on [z, earlier labels, 1] (train split).
+  base = np.zeros(ids.shape, np.float32)
+  for i in np.flatnonzero(ordinal):
+    x1 = np.hstack([z, e * masks[i], np.ones((len(z), 1), np.float32)]).astype(np.float64)
+    w, *_ = np.linalg.lstsq(x1[tr], ids[tr, i].astype(np.float64), rcond=None)
+    base[:, i] = x1 @ w
+  params = model.init(key, group_inputs(jnp.asarray(z[:1]), jnp.asarray(e[:1]),
+                                        jnp.asarray(masks)), base[:1])
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+  opt_state = tx.init(params)
+  epoch, evaluate = _make_fns(model, tx, batch, tuple(int(s) for s in sizes), ordinal, masks,
+                              optimise=len(tr) >= 4096)
+  arrays = (z, e, base, ids)
+  train_arrays = tuple(jnp.asarray(a[tr]) for a in arrays)
+  va_te = np.concatenate([va, te])
+  g = ids.shape[1]
+  best_val = np.full(g, np.inf)
+  best_test = np.full(g, np.nan)
+  best_epoch = np.zeros(g, np.int64)
+  best_sigma, best_lam = np.full(g, np.nan), np.zeros(g)
+  since, drops, run = 0, 0, 0
+  for ep in range(1, config.max_epochs + 1):
+    params, opt_state = epoch(params, opt_state, train_arrays, jax.random.fold_in(key, ep))
+    run = ep
+    # Validation and test rows in one call (one compiled shape); only validation steers.
+    logs = _eval_logs(evaluate, params, arrays, va_te)
+    val = _mixture_ce(*(x[:len(va)] for x in logs), ordinal)  # [G, S, L]
+    flat = val.reshape(g, -1).argmin(1)
+    val_best = val.reshape(g, -1)[np.arange(g), flat]
+    improved = val_best < best_val - 1e-4
+    if np.any(improved):
+      test = _mixture_ce(*(x[len(va):] for x in logs), ordinal)
+      s_i, l_i = np.unravel_index(flat, val.shape[1:])
+      best_test = np.where(improved, test[np.arange(g), s_i, l_i], best_test)
+      best_sigma = np.where(improved, np.asarray(SIGMAS)[s_i], best_sigma)
+      best_lam = np.where(improved & ordinal, np.asarray(LAMBDAS)[l_i], best_lam)
+      best_epoch = np.where(improved, ep, best_epoch)
+      best_val = np.where(improved, val_best, best_val)
+      since = 0
+    else:
+      since += 1
+    if since >= config.patience:
+      # A plateau: finer steps (a sharp posterior needs them), or stop.
+      if drops == config.lr_drops:
+        break
+      drops, since = drops + 1, 0
+      opt_state.hyperparams['learning_rate'] = opt_state.hyperparams['learning_rate'] / 4
+  return {'ce_test': best_test, 'ce_val': best_val, 'best_epoch': best_epoch,
+          'sigma': np.where(ordinal, best_sigma, np.nan), 'lam': best_lam, 'epochs': run,
+          'n_train': len(tr), 'n_val': len(va), 'n_test': len(te),
+          'seconds': time.perf_counter() - t0}
+
+
+def mi_lower_bound(z, factors, groups: Sequence[FactorGroup],
+                   config: ProbeConfig = DEFAULT) -> dict:
+  """Held-out lower bound on I(f; z) in nats for the factor groups of `factors`.
+
+  z [N, D] latents, factors [N, K] int. Returns dict: 'mi' (sum over groups), 'groups'
+  {name: {'H', 'H_source', 'ce', 'mi', 'best_epoch'}} (a group's 'mi' bounds
+  I(f_g; z | f_<g), its link of the chain, in the order of `groups`), 'H' (sum of group
+  entropies), 'epochs', 'seconds'.
+  """
+  ids, sizes = encode_groups(factors, groups)
+  res = train_probe(z, ids, sizes, [g.ordinal for g in groups], config)
+  out, total_h, total = {}, 0.0, 0.0
+  for i, g in enumerate(groups):
+    h, src = (g.entropy, 'population') if g.entropy is not None else (
+        grassberger(ids[:, i]), 'grassberger')
+    mi = h - float(res['ce_test'][i])
+    out[g.name] = {'H': h, 'H_source': src, 'ce': float(res['ce_test'][i]), 'mi': mi,
+                   'best_epoch': int(res['best_epoch'][i])}
+    if g.ordinal:
+      out[g.name].update(sigma=float(res['sigma'][i]), gauss_weight=float(res['lam'][i]))
+    total_h += h
+    total += mi
+  return {'mi': total, 'H': total_h, 'groups': out, 'epochs': res['epochs'],
+          'n_test': res['n_test'], 'seconds': res['seconds']}
+
+
+# ----------------------------------------------------------------------------- linear R^2
+
+
+def linear_r2(z, targets, seed: int = 0, test_fraction: float = 0.3) -> float:
+  """Held-out R^2 of a least-squares linear map z [N, D] -> targets [N, M].
+
+  R^2 = 1 - SSE / SST summed over the target columns (a multi-output R^2: the fraction
+  of the targets' variance a linear read-out of z explains on frames it was not fitted
+  on). Constant target columns are dropped.
+  """
+  z = np.asarray(z, np.float64).reshape(len(z), -1)
+  t = np.asarray(targets, np.float64).reshape(len(z), -1)
+  t = t[:, t.std(0) > 0]
+  perm = np.random.default_rng(np.random.SeedSequence([seed, len(z)])).permutation(len(z))
+  n_te = max(1, int(round(len(z) * test_fraction)))
+  te, tr = perm[:n_te], perm[n_te:]
+  x = np.hstack([z, np.ones((len(z), 1))])
+  w, *_ = np.linalg.lstsq(x[tr], t[tr], rcond=None)
+  sse = np.sum((x[te] @ w - t[te]) ** 2)
+  sst = np.sum((t[te] - t[tr].mean(0)) ** 2)
+  return float(1 - sse / sst)
+
+
+def one_hot_groups(factors, groups: Sequence[FactorGroup]) -> np.ndarray:
+  """Factor table [N, K] -> [N, sum L_g]: one-hot of each group's label (for R^2)."""
+  ids, sizes = encode_groups(factors, groups)
+  return np.hstack([np.eye(s, dtype=np.float32)[ids[:, i]] for i, s in enumerate(sizes)])
