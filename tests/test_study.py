@@ -1,0 +1,126 @@
+"""The study runner: 2 methods x 2 seeds on the tiny config, killed between runs and
+resumed; the interval arithmetic; the refusal to compare runs evaluated differently."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import study as study_cli
+from mipae_jax import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CMD = ['-m', 'experiments.study', '--config=experiments/configs/tiny.py',
+       '--methods=mipae,drnet', '--seeds=0,1']
+
+
+def test_t_interval_by_hand():
+  # n = 4, mean 2.5, sample sd sqrt(5/3); t(0.975, 3 dof) = 3.182446 (tables).
+  mean, half = study.t_interval([1.0, 2.0, 3.0, 4.0])
+  assert mean == 2.5
+  assert half == pytest.approx(3.182446 * math.sqrt(5 / 3) / 2, rel=1e-6)
+  assert math.isnan(study.t_interval([1.0])[1])
+
+
+def _row(method, seed, mig, i_fp_zc):
+  return {'run': study.run_name(method, seed), 'method': method, 'seed': seed, 'mig': mig,
+          'I_fp_zc': i_fp_zc}
+
+
+def test_paired_difference_and_wins():
+  rows = [_row('mipae', 0, 0.9, 0.1), _row('mipae', 1, 0.8, 0.3), _row('mipae', 2, 0.7, 0.2),
+          _row('drnet', 0, 0.85, 0.2), _row('drnet', 1, 0.82, 0.2), _row('drnet', 2, 0.6, 0.2)]
+  s = study.summarise(rows)
+  assert list(s['methods']) == ['mipae', 'drnet']
+  d = s['paired']['mipae-drnet']
+  assert d['mig']['values'] == pytest.approx([0.05, -0.02, 0.1])
+  assert d['mig']['wins'] == 2  # Higher MIG is better.
+  assert d['I_fp_zc']['wins'] == 1  # Lower leakage is better: only seed 0.
+  mean, half = study.t_interval([0.05, -0.02, 0.1])
+  assert d['mig']['mean'] == pytest.approx(mean) and d['mig']['ci95'] == pytest.approx(half)
+  assert s['methods']['mipae']['mig']['mean'] == pytest.approx(0.8)
+
+
+def test_cli_refuses_bad_arguments(capsys):
+  with pytest.raises(SystemExit):
+    study_cli.parse(['--workdir=x', '--config=c.py', '--methods=mipae,nope'])
+  with pytest.raises(SystemExit):
+    study_cli.parse(['--workdir=x', '--config=c.py', '--config.seed=3'])
+  with pytest.raises(SystemExit):
+    study_cli.parse(['--workdir=x', '--config=c.py', '--jobs=0'])
+  assert 'nope' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def finished_study(tmp_path_factory):
+  """Runs the study, SIGKILLs it once its first run is done, then reruns the command."""
+  workdir = str(tmp_path_factory.mktemp('study'))
+  cmd = [sys.executable, *CMD, f'--workdir={workdir}']
+  first = os.path.join(workdir, 'mipae-s0', 'eval', 'metrics.json')
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+  deadline = time.time() + 400
+  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.5)
+  assert os.path.exists(first), proc.stdout.read().decode()[-3000:]
+  time.sleep(2)  # Let the next run start, so the kill lands inside it.
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  first_mtime = os.path.getmtime(first)
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return workdir, out.stdout, first_mtime
+
+
+def test_killed_study_resumes_and_skips_finished_runs(finished_study):
+  workdir, stdout, first_mtime = finished_study
+  assert '[study] mipae-s0: finished, skipped' in stdout
+  assert os.path.getmtime(os.path.join(workdir, 'mipae-s0', 'eval', 'metrics.json')) \
+      == first_mtime
+  for name in ('mipae-s0', 'drnet-s0', 'mipae-s1', 'drnet-s1'):
+    assert study.is_complete(os.path.join(workdir, name)), name
+    with open(os.path.join(workdir, name, study.TIME_FILE)) as f:
+      assert json.load(f)['seconds'] > 0
+
+
+def test_study_writes_results_and_pictures(finished_study):
+  workdir, _, _ = finished_study
+  with open(os.path.join(workdir, study.RESULTS_JSON)) as f:
+    res = json.load(f)
+  assert {r['run'] for r in res['runs']} == {'mipae-s0', 'drnet-s0', 'mipae-s1', 'drnet-s1'}
+  assert res['methods']['mipae']['seeds'] == [0, 1]
+  migs = [r['mig'] for r in res['runs'] if r['method'] == 'mipae']
+  _, half = study.t_interval(migs)
+  assert res['methods']['mipae']['mig']['mean'] == pytest.approx(np.mean(migs))
+  assert res['methods']['mipae']['mig']['ci95'] == pytest.approx(half)
+  pair = res['paired']['mipae-drnet']
+  assert pair['seeds'] == [0, 1] and pair['mig']['n'] == 2
+  for r in res['runs']:
+    assert {'paper_mig', 'r2_pose_from_zc', 'ssim', 'psnr', 'wall_seconds'} <= set(r)
+    assert r['ae_step'] == 2 and r['lstm_step'] == 2
+  md = open(os.path.join(workdir, study.RESULTS_MD)).read()
+  assert '| MIG (probe) |' in md and 'Paired difference mipae-drnet' in md
+  for png in ('mig.png', 'ssim.png', 'psnr.png', 'training.png'):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000, png
+
+
+def test_refuses_runs_evaluated_differently(finished_study, tmp_path):
+  workdir, _, _ = finished_study
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  path = os.path.join(copy, 'drnet-s1', 'config.json')
+  with open(path) as f:
+    config = json.load(f)
+  config['eval']['mig_samples'] = 999
+  with open(path, 'w') as f:
+    json.dump(config, f)
+  with pytest.raises(ValueError, match=r'eval\.mig_samples differs.*drnet-s1: 999'):
+    study.aggregate(copy)
+  assert study_cli.main([f'--workdir={copy}', '--aggregate_only']) == 2
