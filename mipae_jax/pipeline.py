@@ -395,6 +395,9 @@ def evaluate_workdir(workdir: str, overrides=()) -> dict:
   from mipae_jax import evaluate
 
   config = load_config(workdir)
+  for name, value in evaluate.EVAL_DEFAULTS.items():  # A run from before these options.
+    if name not in config.eval:
+      config.eval[name] = value
   for item in overrides:
     field, _, value = item.partition('=')
     if not field.startswith('eval.') or not value:

@@ -49,6 +49,20 @@ def test_train_and_evaluate_writes_everything(tmp_path):
   again = pipeline.train_and_evaluate(config, workdir)
   assert again['timings']['ae']['steps_this_run'] == 0
   assert again['mig']['paper']['mig'] == pytest.approx(results['mig']['paper']['mig'])
+  assert again['mig']['probe']['mig'] == results['mig']['probe']['mig']  # Seeded probes.
+  assert '| probe (held-out lower bound) |' in report and '| paper protocol (kNN) |' in report
+  assert set(saved['mig']['linear_r2']) == {'pose_from_zc', 'pose_from_zp', 'content_from_zp',
+                                            'content_from_zc'}
+  # A run recorded before the estimator options existed is evaluated with their defaults.
+  path = os.path.join(workdir, 'config.json')
+  with open(path) as f:
+    recorded = json.load(f)
+  for name in ('mig_estimator', 'paper_protocol', 'knn_content_mode', 'knn_pose_mode'):
+    del recorded['eval'][name]
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+  old = pipeline.evaluate_workdir(workdir)
+  assert old['mig']['estimator'] == 'probe' and 'paper' in old['mig']
 
 
 def test_resumed_run_is_bit_identical(tmp_path):
