@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SPLITS = ('train', 'test')
+CANVAS = 64  # Every dataset renders at 64 x 64; smaller image sizes are area-averaged.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,6 @@ class FactorGroup:
   levels: int | None = None
   entropy: float | None = None
   ceiling: float | None = None
-CANVAS = 64  # Every dataset renders at 64 x 64; smaller image sizes are area-averaged.
 
 
 class VideoSource:
