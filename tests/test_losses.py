@@ -138,3 +138,24 @@ def test_global_reductions_do_not_depend_on_device_split():
   m, lme = f(x.reshape(4, 2))
   np.testing.assert_allclose(m, x.mean(), rtol=1e-5)
   np.testing.assert_allclose(lme, np.log(np.exp(x.astype(np.float64)).mean()), rtol=1e-5)
+
+
+def test_drnet_bce_exact_where_the_published_sigmoid_bce_saturates():
+  """DRNET's critic BCE is softplus here, exact at any score. The published sigmoid-then-
+  BCE (log clamped at -100) agrees below |T| ~ 15 and jumps to 100 with zero gradient
+  once a marginal score passes ~17 (sigmoid rounds to 1 in float32); the README says so."""
+  torch = pytest.importorskip('torch')
+  for t in (5.0, 17.0, 20.0, 50.0):
+    t_marg = jnp.full((4,), t, jnp.float32)
+    t_joint = jnp.full((4,), 100.0, jnp.float32)  # Joint pairs scored correctly: ~0 loss.
+    ours = float(losses.drnet_critic_loss(t_joint, t_marg))
+    assert ours == pytest.approx(0.5 * np.log1p(np.exp(t)), rel=1e-6)
+    grad = float(jax.grad(losses.drnet_critic_loss, argnums=1)(t_joint, t_marg)[0])
+    assert grad == pytest.approx(0.5 / 4 / (1 + np.exp(-t)), rel=1e-5)  # sigmoid(T) / 8.
+    tt = torch.full((4,), t, requires_grad=True)
+    published = torch.nn.functional.binary_cross_entropy(torch.sigmoid(tt), torch.zeros(4))
+    published.backward()
+    if t >= 17:
+      assert published.item() == 100.0 and tt.grad.abs().max().item() == 0.0
+    else:
+      assert published.item() == pytest.approx(2 * ours, rel=1e-4)
