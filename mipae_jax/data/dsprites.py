@@ -349,6 +349,29 @@ class MovingDSprites(common.VideoSource):
              front=rng.integers(0, n, (b,)))
     return self.render_numpy(p)
 
+  # -- Static factor draws, shared by the MIG's frames and its ceilings. --
+
+  def _split_units(self, split: str) -> np.ndarray:
+    """The split's combination ids ('all': every one of them)."""
+    if split == 'all':
+      return np.arange(NUM_SHAPES * NUM_SCALES * (1 if self.rotation else NUM_ORIENTATIONS))
+    return self.combos[split]
+
+  def _draw_static(self, rng: np.random.Generator, units: np.ndarray, m: int):
+    """m frames' factors `(shape, scale, orient, x, y)` [m, K] and `front` [m], uniform."""
+    k = self.num_objects
+    unit = units[rng.integers(0, len(units), (m, k))]
+    if self.rotation:
+      shape, scale = unit // NUM_SCALES, unit % NUM_SCALES
+      orient = rng.integers(0, NUM_ORIENTATIONS, (m, k))
+    else:
+      shape = unit // (NUM_SCALES * NUM_ORIENTATIONS)
+      scale, orient = unit // NUM_ORIENTATIONS % NUM_SCALES, unit % NUM_ORIENTATIONS
+    x = rng.integers(0, NUM_POSITIONS, (m, k))
+    y = rng.integers(0, NUM_POSITIONS, (m, k))
+    front = rng.integers(0, k, (m,))
+    return shape, scale, orient, x, y, front
+
   # -- Factor groups and their ceilings, for the MIG. --
 
   def factor_groups(self, split: str = 'test') -> dict:
@@ -388,20 +411,11 @@ class MovingDSprites(common.VideoSource):
   def _front_entropy(self, split: str, n: int = 20_000, seed: int = 0) -> float:
     """H(front | image) in nats: frames for which another front renders the same."""
     rng = np.random.default_rng(seed)
-    combos = self.combos[split]
     k, s = self.num_objects, self.image_size
     total = 0.0
     for i in range(0, n, 5000):
       m = min(5000, n - i)
-      unit = combos[rng.integers(0, len(combos), (m, k))]
-      if self.rotation:
-        shape, scale = unit // NUM_SCALES, unit % NUM_SCALES
-        orient = rng.integers(0, NUM_ORIENTATIONS, (m, k))
-      else:
-        shape = unit // (NUM_SCALES * NUM_ORIENTATIONS)
-        scale, orient = unit // NUM_ORIENTATIONS % NUM_SCALES, unit % NUM_ORIENTATIONS
-      x, y = rng.integers(0, NUM_POSITIONS, (m, k)), rng.integers(0, NUM_POSITIONS, (m, k))
-      front = rng.integers(0, k, (m,))
+      shape, scale, orient, x, y, front = self._draw_static(rng, self.combos[split], m)
       down = lambda a: common.area_downsample(a.astype(np.float32), s, np)
       true = down(self._frames_static(shape, scale, orient, x, y, front))
       same = np.zeros(m)
@@ -413,8 +427,7 @@ class MovingDSprites(common.VideoSource):
 
   def _factor_groups(self, split: str) -> dict:
     self._check_split(split, allow_all=True)
-    units = (self.combos[split] if split != 'all' else
-             np.arange(NUM_SHAPES * NUM_SCALES * (1 if self.rotation else NUM_ORIENTATIONS)))
+    units = self._split_units(split)
     cls = self._render_classes()
     k = self.num_objects
     per = 2 if self.rotation else 3
@@ -462,11 +475,7 @@ class MovingDSprites(common.VideoSource):
     """
     self._check_split(split, allow_all=True)
     rng = common.host_rng(key_or_seed)
-    if split == 'all':
-      combos = np.arange(NUM_SHAPES * NUM_SCALES * (1 if self.rotation else NUM_ORIENTATIONS))
-    else:
-      combos = self.combos[split]
-    k = self.num_objects
+    combos = self._split_units(split)
     s = self.image_size
     images = np.empty((n, s, s, self.channels), np.float32)
     content = np.empty((n, len(self.content_factor_names)), np.int32)
@@ -474,16 +483,7 @@ class MovingDSprites(common.VideoSource):
     chunk = 5000
     for i in range(0, n, chunk):
       m = min(chunk, n - i)
-      unit = combos[rng.integers(0, len(combos), (m, k))]
-      if self.rotation:
-        shape, scale = unit // NUM_SCALES, unit % NUM_SCALES
-        orient = rng.integers(0, NUM_ORIENTATIONS, (m, k))
-      else:
-        shape = unit // (NUM_SCALES * NUM_ORIENTATIONS)
-        scale, orient = unit // NUM_ORIENTATIONS % NUM_SCALES, unit % NUM_ORIENTATIONS
-      x = rng.integers(0, NUM_POSITIONS, (m, k))
-      y = rng.integers(0, NUM_POSITIONS, (m, k))
-      front = rng.integers(0, k, (m,))
+      shape, scale, orient, x, y, front = self._draw_static(rng, combos, m)
       frames = self._frames_static(shape, scale, orient, x, y, front)
       if s == common.CANVAS:
         images[i:i + m] = frames  # Casts in place: no float32 temporary of the chunk.
