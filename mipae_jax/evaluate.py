@@ -100,11 +100,12 @@ def disentanglement(config, ae_variables, source) -> dict:
         z_c, z_p, content, pose, k=3, content_mode=eval_option(config, 'knn_content_mode'),
         pose_mode=eval_option(config, 'knn_pose_mode'))
   pose_targets = pose[:, [c for g in pose_groups for c in g.columns]]
+  content_targets = probe.one_hot_groups(content, content_groups)
   out['linear_r2'] = {
       'pose_from_zc': probe.linear_r2(z_c, pose_targets),
       'pose_from_zp': probe.linear_r2(z_p, pose_targets),
-      'content_from_zp': probe.linear_r2(z_p, probe.one_hot_groups(content, content_groups)),
-      'content_from_zc': probe.linear_r2(z_c, probe.one_hot_groups(content, content_groups)),
+      'content_from_zp': probe.linear_r2(z_p, content_targets),
+      'content_from_zc': probe.linear_r2(z_c, content_targets),
   }
   out['classic'] = _jsonable(mig_metrics.classic_mig_details(
       np.concatenate([z_c, z_p], axis=1), np.concatenate([content, pose], axis=1)))

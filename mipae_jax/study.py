@@ -123,15 +123,14 @@ def check_comparable(rows: Sequence[dict]) -> None:
   """Raises ValueError naming the runs and fields that differ in `MUST_AGREE`."""
   if not rows:
     raise ValueError('no finished runs to aggregate')
-  ref = rows[0]
   problems = []
   for field in MUST_AGREE:
-    values = {r['run']: _get(r['config'], field) for r in rows}
-    if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
-      shown = ', '.join(f'{run}: {v!r}' for run, v in values.items()) if field != 'data' \
-          else ', '.join(run for run in values
-                         if json.dumps(values[run], sort_keys=True)
-                         != json.dumps(values[ref['run']], sort_keys=True))
+    values = {r['run']: json.dumps(_get(r['config'], field), sort_keys=True) for r in rows}
+    if len(set(values.values())) > 1:
+      first = values[rows[0]['run']]
+      # A whole config.data section is too long to print: name the runs that differ.
+      shown = (', '.join(f'{run}: {v}' for run, v in values.items()) if field != 'data'
+               else ', '.join(run for run, v in values.items() if v != first))
       problems.append(f'config.{field} differs ({shown})')
   if problems:
     raise ValueError('refusing to aggregate runs evaluated on different terms (the '
