@@ -2,27 +2,40 @@
 LSTM yet), writing WORKDIR/eval/report.md and metrics.json.
 
   python -m experiments.evaluate --workdir=/tmp/run [--config.eval.mig_samples=20000]
+
+`--config.eval.<field>=<value>` overrides an evaluation field as in experiments.main
+(`--override eval.<field>=<value>` is the same); the networks are fixed by the run, so
+no other field may change. An LSTM trained on an older autoencoder than the workdir's is
+refused unless `--allow_stale_lstm`. Bad input is refused in one line, exit status 2
+(`--verbose` or `MIPAE_VERBOSE=1`: with the traceback).
 """
 
-import logging
+import sys
 
-from absl import app, flags
+from absl import flags
 
-from mipae_jax import pipeline
+from mipae_jax import cli, pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A run directory made by experiments.main.')
-flags.DEFINE_multi_string('override', [], 'eval.* overrides, e.g. eval.mig_samples=20000.')
+flags.DEFINE_multi_string('override', [], 'eval.* overrides, e.g. eval.mig_samples=20000 '
+                          '(the same as --config.eval.mig_samples=20000).')
+flags.DEFINE_boolean('allow_stale_lstm', False, 'Evaluate an LSTM trained on an older '
+                     'autoencoder than the workdir\'s (refused otherwise).')
 flags.mark_flags_as_required(['workdir'])
+_CONFIG_OVERRIDES = []  # `--config.eval.*` arguments, taken out of argv before absl.
 
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
-  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax logs every file at INFO.
-  results = pipeline.evaluate_workdir(FLAGS.workdir, FLAGS.override)
+  cli.setup_logging()
+  results = pipeline.evaluate_workdir(FLAGS.workdir, [*_CONFIG_OVERRIDES, *FLAGS.override],
+                                      allow_stale_lstm=FLAGS.allow_stale_lstm)
   pipeline.print_summary(FLAGS.workdir, results)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  argv = []
+  for a in sys.argv:
+    (_CONFIG_OVERRIDES if a.startswith('--config.') else argv).append(a)
+  cli.run(main, argv, config_flag=None)

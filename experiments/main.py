@@ -8,15 +8,18 @@ Rerunning the same command resumes from the workdir's checkpoints. Multi-host: s
 one process per host with the same command plus
   --coordinator=HOST:PORT --num_processes=N --process_id=I
 (or nothing extra on Cloud TPU, where JAX discovers the cluster itself).
+
+Bad input (a config field, a data file, the workdir) is refused in one line with exit
+status 2, a run that must stop (a diverged loss, a failed save) in one line with status
+1; `MIPAE_VERBOSE=1` or `--verbose` adds the traceback.
 """
 
-import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mipae_jax import pipeline
+from mipae_jax import cli, pipeline
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
@@ -30,8 +33,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
-  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax logs every file at INFO.
+  cli.setup_logging()
   if FLAGS.coordinator or FLAGS.num_processes:
     pipeline.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
@@ -45,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

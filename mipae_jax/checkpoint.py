@@ -38,6 +38,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mipae_jax import errors
+
 logger = logging.getLogger(__name__)
 
 STAGES = ('ae', 'lstm')
@@ -60,16 +62,16 @@ RESUMABLE_FIELDS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.RunFailure):
   """A checkpoint could not be written or no usable checkpoint could be restored."""
 
 
-class LayoutMismatchError(ValueError):
+class LayoutMismatchError(errors.UserError, ValueError):
   """A checkpoint holds other parameters than the model restoring it (written by another
   version of mipae_jax or for another `config.model`); its files are intact."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError, ValueError):
   """The workdir was created with a different config than the one requested."""
 
 
@@ -109,6 +111,11 @@ def tree_digest(host_tree) -> str:
     h.update(f'{a.dtype.str}{a.shape}'.encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def state_digest(tree) -> str:
+  """`tree_digest` of a pytree of (device) arrays, copied to the host first."""
+  return tree_digest(_host_tree(tree))
 
 
 def _describe_leaf(x) -> str:

@@ -3,7 +3,9 @@ found and what is allowed."""
 
 from __future__ import annotations
 
-from mipae_jax import data, losses, models
+import math
+
+from mipae_jax import data, errors, losses, models
 
 DTYPES = ('float32', 'bfloat16')
 ARCHS = ('dcgan', 'vgg')
@@ -11,29 +13,85 @@ MIG_ESTIMATORS = ('probe', 'paper')
 KNN_MODES = ('discrete', 'continuous')
 
 
+# Every field a run reads (`experiments/configs/default.py` defines them all; a test keeps
+# the two lists equal). A config written for an older version may lack some: it is refused
+# naming them, before anything runs, instead of failing with a KeyError mid-run.
+REQUIRED_FIELDS = (
+    'seed', 'batch_size',
+    'data.name', 'data.image_size', 'data.channels', 'data.input_frames',
+    'data.target_frames', 'data.num_objects', 'data.rotation', 'data.path',
+    'data.split_seed',
+    'model.arch', 'model.nf', 'model.content_dim', 'model.pose_dim', 'model.skips',
+    'model.critic_width', 'model.lstm_hidden', 'model.lstm_layers', 'model.dtype',
+    'loss.name', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
+    'optim.lr', 'optim.b1', 'optim.b2', 'optim.eps',
+    'lstm_optim.lr', 'lstm_optim.b1', 'lstm_optim.b2', 'lstm_optim.eps',
+    'train.ae_steps', 'train.lstm_steps', 'train.log_every', 'train.ckpt_every',
+    'train.keep_checkpoints', 'train.profile_steps',
+    'eval.mig_samples', 'eval.mig_estimator', 'eval.paper_protocol',
+    'eval.knn_content_mode', 'eval.knn_pose_mode', 'eval.test_videos',
+    'eval.future_frames', 'eval.seed',
+)
+
+
 def _fail(field: str, found, allowed: str):
-  raise ValueError(f'config.{field}={found!r} is not allowed: expected {allowed}.')
+  raise errors.ConfigError(f'config.{field}={found!r} is not allowed: expected {allowed}.')
 
 
-def _positive_int(c, field: str):
+def _get(c, field: str):
   v = c
   for part in field.split('.'):
     v = v[part]
+  return v
+
+
+def _positive_int(c, field: str):
+  v = _get(c, field)
   if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
     _fail(field, v, 'a positive integer')
 
 
 def _non_negative_int(c, field: str):
-  v = c
-  for part in field.split('.'):
-    v = v[part]
+  v = _get(c, field)
   if not isinstance(v, int) or isinstance(v, bool) or v < 0:
     _fail(field, v, 'an integer >= 0')
 
 
+def _leaves(c, prefix: str = ''):
+  for k, v in c.items():
+    if hasattr(v, 'items'):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def check_fields(config) -> None:
+  """Refuses a config lacking a field a run reads, or holding a NaN or infinite number."""
+  missing = []
+  for field in REQUIRED_FIELDS:
+    try:
+      _get(config, field)
+    except (KeyError, AttributeError, TypeError):
+      missing.append(field)
+  if missing:
+    raise errors.ConfigError(
+        f'the config lacks field(s) {", ".join(missing)}: build it from '
+        'experiments/configs/default.py\'s get_config() (which defines every field) and '
+        'override what differs.')
+  for field, v in _leaves(config):
+    if isinstance(v, float) and not math.isfinite(v):
+      _fail(field, v, 'a finite number')
+
+
 def validate(config, num_devices: int = 1) -> None:
-  """Raises ValueError (or FileNotFoundError for missing data) on the first bad field."""
+  """Raises ConfigError (DataNotFoundError for missing data) on the first bad field."""
+  check_fields(config)
   _positive_int(config, 'batch_size')
+  if config.batch_size < 2:
+    _fail('batch_size', config.batch_size,
+          'at least 2: the critic pairs each pose with another video\'s, and a batch of '
+          'one has no other video, so the MI term would be silently 0')
+  _non_negative_int(config, 'seed')
   if config.batch_size % num_devices:
     _fail('batch_size', config.batch_size,
           f'a multiple of the {num_devices} devices this run uses '
@@ -75,7 +133,8 @@ def validate(config, num_devices: int = 1) -> None:
         _fail(f'{group}.{b}', o[b], 'a number in [0, 1)')
     if not o.eps > 0:
       _fail(f'{group}.eps', o.eps, 'a number > 0')
-  for field in ('train.ae_steps', 'train.lstm_steps', 'train.profile_steps'):
+  _positive_int(config, 'train.ae_steps')  # The LSTM and evaluation need a trained AE.
+  for field in ('train.lstm_steps', 'train.profile_steps', 'eval.seed', 'data.split_seed'):
     _non_negative_int(config, field)
   for field in ('train.log_every', 'train.ckpt_every', 'train.keep_checkpoints',
                 'eval.mig_samples', 'eval.test_videos', 'eval.future_frames'):

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from mipae_jax import errors
+
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.RunFailure, FloatingPointError):
   """A loss or metric became NaN or infinite; training must stop."""
 
 
@@ -132,12 +134,13 @@ class MetricLogger:
 
 
 def check_finite(step: int, metrics: Mapping[str, Any], stage: str,
-                 checkpoint_dir: str | None = None) -> None:
+                 checkpoint_dir: str | None = None, saved_step: int | None = -1) -> None:
   """Raises NonFiniteError if any of `metrics` (host scalars) is NaN or infinite.
 
   The message names the stage, the step and every non-finite term with its value,
-  and says how to resume. Call it before saving a checkpoint, so the last good one is
-  never replaced by a diverged state.
+  and says how to resume: from `saved_step`, the stage's newest checkpoint, or (None)
+  from scratch, since none was saved yet (-1: not known to the caller). Call it before
+  saving a checkpoint, so the last good one is never replaced by a diverged state.
   """
   bad = {}
   for name, value in metrics.items():
@@ -149,12 +152,61 @@ def check_finite(step: int, metrics: Mapping[str, Any], stage: str,
   terms = ', '.join(f'{k}={v}' for k, v in bad.items())
   lr_flag = '--config.lstm_optim.lr' if stage == 'lstm' else '--config.optim.lr'
   where = f' in {checkpoint_dir}' if checkpoint_dir else ''
+  lower = (f'start a new --workdir with a lower learning rate (e.g. {lr_flag}=<smaller>), '
+           'since the learning rate is part of the recorded config')
+  if saved_step is None:
+    raise NonFiniteError(
+        f'Non-finite value(s) at {stage} stage step {step}: {terms}. No checkpoint of the '
+        f'{stage} stage was saved yet{where}, so there is nothing to resume from, and the '
+        f'same command would start from scratch and diverge the same way: {lower}.')
+  at = f' (step {saved_step})' if saved_step >= 0 else ''
   raise NonFiniteError(
       f'Non-finite value(s) at {stage} stage step {step}: {terms}. Training stopped '
-      f'before saving, so the last good checkpoint{where} is kept. To resume, rerun '
-      f'the same command (it restarts from that checkpoint); if it diverges again, '
-      f'start a new --workdir with a lower learning rate (e.g. {lr_flag}=<smaller>), '
-      'since the learning rate is part of the recorded config.')
+      f'before saving, so the last good checkpoint{at}{where} is kept. To resume, rerun '
+      f'the same command (it restarts from that checkpoint); if it diverges again, {lower}.')
+
+
+def drop_records_after(workdir: str, stage: str, step: int) -> int:
+  """Rewrites `workdir/metrics.jsonl` for a run resumed at `step` of `stage`: drops
+  that stage's records past `step` (they are redone, and would appear twice) and any
+  line that is not one whole JSON record (a run killed mid-write leaves a partial last
+  line, which the next append would glue to its first record). TensorBoard likewise
+  purges orphaned events on resume. Atomic (temp file + rename); returns lines dropped.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  kept, dropped = [], 0
+  for raw in lines:
+    if not raw.strip():
+      continue
+    try:
+      record = json.loads(raw)
+      ok = isinstance(record, dict) and not (record.get('stage') == stage
+                                             and int(record.get('step', 0)) > step)
+    except (ValueError, TypeError):
+      ok = False
+    if ok:
+      kept.append(raw.decode())
+    else:
+      dropped += 1
+  if dropped:
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.write(''.join(line + '\n' for line in kept))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return dropped
+
+
+def read_records(workdir: str) -> list[dict]:
+  """Every record of `workdir/metrics.jsonl`, in order (raises on a malformed line)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _in_notebook() -> bool:

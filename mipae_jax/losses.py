@@ -72,8 +72,16 @@ def dv_bound(t_joint, t_marg, axis_name=None):
 
 
 def smile_bound(t_joint, t_marg, clip: float = 5.0, axis_name=None):
-  """SMILE (Song & Ermon 2020): the DV bound with the marginal scores clipped to
-  `[-clip, clip]`, which bounds the variance of the partition-function term."""
+  """SMILE as the published MIPAE code computes it: both scores clamped to
+  `[-clip, clip]`, then the DV bound. Clamping the joint scores caps the estimate (at
+  most `2 clip`) and zeroes the gradient of every clamped joint pair."""
+  return dv_bound(jnp.clip(t_joint, -clip, clip), jnp.clip(t_marg, -clip, clip), axis_name)
+
+
+def smile_song_ermon_bound(t_joint, t_marg, clip: float = 5.0, axis_name=None):
+  """SMILE as Song & Ermon (2020) define it: the DV bound with only the marginal scores
+  (the partition-function term, whose variance SMILE bounds) clipped to `[-clip, clip]`;
+  the joint mean is left exact, so large MI is not capped."""
   return dv_bound(t_joint, jnp.clip(t_marg, -clip, clip), axis_name)
 
 
@@ -89,12 +97,17 @@ def drnet_confusion_loss(t_joint, axis_name=None):
   return 0.5 * global_mean(jax.nn.softplus(-t_joint) + jax.nn.softplus(t_joint), axis_name)
 
 
-LOSS_NAMES = ('mipae', 'drnet', 'smile')
+# 'smile' is the published MIPAE code's SMILE; 'smile_song_ermon' the estimator as its
+# authors define it (both train the critic with the JS objective).
+LOSS_NAMES = ('mipae', 'drnet', 'smile', 'smile_song_ermon')
 
 
-def critic_loss(name: str, t_joint, t_marg, axis_name=None):
+def critic_loss(name: str, t_joint, t_marg, axis_name=None, smile_clip: float = 5.0):
   """The loss the critic minimises, for loss variant `name`."""
-  if name in ('mipae', 'smile'):
+  if name == 'smile':  # The published code trains the critic on the clamped scores.
+    return -js_critic_objective(jnp.clip(t_joint, -smile_clip, smile_clip),
+                                jnp.clip(t_marg, -smile_clip, smile_clip), axis_name)
+  if name in ('mipae', 'smile_song_ermon'):
     return -js_critic_objective(t_joint, t_marg, axis_name)
   if name == 'drnet':
     return drnet_critic_loss(t_joint, t_marg, axis_name)
@@ -107,6 +120,8 @@ def model_penalty(name: str, t_joint, t_marg, smile_clip: float = 5.0, axis_name
     return nwj_with_js_critic(t_joint, t_marg, axis_name)
   if name == 'smile':
     return smile_bound(t_joint, t_marg, smile_clip, axis_name)
+  if name == 'smile_song_ermon':
+    return smile_song_ermon_bound(t_joint, t_marg, smile_clip, axis_name)
   if name == 'drnet':
     return drnet_confusion_loss(t_joint, axis_name)
   raise ValueError(f'config.loss.name must be one of {LOSS_NAMES}; got {name!r}.')

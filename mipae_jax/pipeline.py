@@ -26,8 +26,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mipae_jax import checkpoint, configuration, data, parallel, profiling, train
-from mipae_jax.logger import MetricLogger, ProgressBar, check_finite
+from mipae_jax import checkpoint, configuration, data, errors, parallel, profiling, train
+from mipae_jax import workdir as workdir_lib
+from mipae_jax.logger import MetricLogger, ProgressBar, check_finite, drop_records_after
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,71 @@ def _host_metrics(metrics):
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def autoencoder_record(ae_state) -> dict:
+  """What an LSTM checkpoint records of the autoencoder it was trained on: its step and
+  the digest of its frozen variables (parameters and BatchNorm statistics)."""
+  return {'ae_step': int(np.asarray(jax.device_get(ae_state.step))),
+          'ae_digest': checkpoint.state_digest(train.autoencoder_variables(ae_state))}
+
+
+def _set_aside(store, reason: str):
+  """Moves a stage's checkpoints to `<dir>.stale-<n>` (nothing is deleted) and returns a
+  fresh store of the same stage."""
+  store.close()
+  n = 1
+  while os.path.exists(f'{store.directory}.stale-{n}'):
+    n += 1
+  aside = f'{store.directory}.stale-{n}'
+  if is_chief():
+    os.replace(store.directory, aside)
+  log.warning('%s: %s; retraining the stage from scratch (its old checkpoints are kept in '
+              '%s).', store.stage, reason, aside)
+  return checkpoint.CheckpointStore(store.workdir, store.stage, keep=store.keep,
+                                    enabled=store.enabled)
+
+
+def _stale_reason(meta: dict, record: dict) -> str | None:
+  """Why a checkpoint trained on `meta['trained_on']` does not fit `record`, or None."""
+  old = meta.get('trained_on')
+  if old is None or old == record:
+    return None
+  return (f'its checkpoint was trained on the autoencoder at step {old.get("ae_step")} '
+          f'(digest {str(old.get("ae_digest"))[:12]}), and the autoencoder is now at step '
+          f'{record["ae_step"]} (digest {record["ae_digest"][:12]})')
+
+
+class _ZeroGradients:
+  """Tracks, on device and without a sync per step, whether every `*grad_norm` metric
+  was exactly 0 at every step of the current log interval."""
+
+  def __init__(self):
+    self.peak = None
+    self.first = None
+
+  def update(self, step: int, metrics) -> None:
+    norms = {k: v for k, v in metrics.items() if k.endswith('grad_norm')}
+    if not norms:
+      return
+    if self.peak is None:
+      self.peak, self.first = norms, step
+    else:
+      self.peak = jax.tree.map(jax.numpy.maximum, self.peak, norms)
+
+  def check(self, stage: str, step: int) -> None:
+    if self.peak is None:
+      return
+    zero = sorted(k for k, v in _host_metrics(self.peak).items() if v == 0.0)
+    if zero:
+      log.warning('%s: %s exactly 0 at every step from %d to %d: those parameters are not '
+                  'training (a zero loss weight, a detached term or a dead network?).',
+                  stage, ', '.join(zero) + (' was' if len(zero) == 1 else ' were'),
+                  self.first, step)
+    self.peak = self.first = None
+
+
 def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, data_key,
-              step_key, num_steps: int, mesh, extra_args=()) -> StageResult:
+              step_key, num_steps: int, mesh, extra_args=(), trained_on: dict | None = None
+              ) -> StageResult:
   """The loop shared by both stages: restore, step, log, check, save.
 
   Args:
@@ -231,6 +295,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     batch_fn: `key -> global batch`, given `fold_in(data_key, step)`.
     data_key, step_key: the stage's data stream and the root key its steps fold
       their step number into.
+    trained_on: recorded in every checkpoint (the LSTM stage: `autoencoder_record`); a
+      checkpoint recording another value is set aside and the stage starts afresh.
   """
   tc = config.train
   store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
@@ -238,16 +304,29 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
   state, start = init_state, 0
   if store.latest_step() is not None:
     abstract = jax.eval_shape(lambda: init_state)
-    state, _, start = store.restore(abstract)
-    log.info('%s: resumed from step %d in %s', stage, start, store.directory)
+    restored, meta, restored_step = store.restore(abstract)
+    reason = _stale_reason(meta, trained_on) if trained_on is not None else None
+    if reason is None:
+      state, start = restored, restored_step
+      log.info('%s: resumed from step %d in %s', stage, start, store.directory)
+    else:
+      store = _set_aside(store, reason)
   _agree_on_start(stage, start, store.directory)
   # The state is replicated over the mesh, as the data-parallel step expects.
   state = replicate_on_mesh(state, mesh)
+  if is_chief():
+    dropped = drop_records_after(workdir, stage, start)
+    if dropped:
+      log.info('%s: dropped %d line(s) of metrics.jsonl past step %d or incomplete, which '
+               'this run redoes.', stage, dropped, start)
   metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
   # The first step of a run compiles; the profile window starts after it.
   profiler = profiling.StepProfiler(os.path.join(workdir, 'profile', stage), start + 1,
                                     tc.profile_steps, enabled=is_chief())
+  extra_metadata = {} if trained_on is None else {'trained_on': trained_on}
   t0, step = time.time(), start
+  saved = start if start > 0 else None
+  zero_grads = _ZeroGradients()
   last_metrics, shown = {}, start
   try:
     with (stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar,
@@ -257,6 +336,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         batch = batch_fn(jax.random.fold_in(data_key, step))
         state, metrics = step_fn(state, *extra_args, batch, step_key)
         step += 1
+        zero_grads.update(step, metrics)
         profiler.after_step(step, metrics)
         # Read the flag once: a signal landing later in this iteration must not skip
         # the save and still stop (it is handled at the next step boundary).
@@ -266,12 +346,16 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         if at_log or at_ckpt:
           # Fetch (and check) before saving, so a diverged state is never written.
           last_metrics = _host_metrics(metrics)
-          check_finite(step, last_metrics, stage, checkpoint_dir=store.directory)
+          check_finite(step, last_metrics, stage, checkpoint_dir=store.directory,
+                       saved_step=saved)
           metric_logger.write_scalars(step, last_metrics)
           bar.update(step - shown, last_metrics)
           shown = step
+        if at_log:
+          zero_grads.check(stage, step)
         if at_ckpt:
-          store.save(step, state, metadata={'metrics': last_metrics})
+          store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata})
+          saved = step
         if stopping:
           raise Preempted(
               f'{stopping} received: saved the {stage} stage at step {step} in '
@@ -301,7 +385,7 @@ def restore_autoencoder(config, workdir: str) -> train.AEState:
   store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
   try:
     if store.latest_step() is None:
-      raise FileNotFoundError(
+      raise errors.NotARunError(
           f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
           f'need a trained autoencoder. Run `python -m experiments.main --config=... '
           f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
@@ -312,17 +396,31 @@ def restore_autoencoder(config, workdir: str) -> train.AEState:
     store.close()
 
 
-def restore_lstm(config, workdir: str):
-  """The newest LSTM state of `workdir`, or None if the stage has not run."""
+def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False):
+  """The newest LSTM state of `workdir`, or None if the stage has not run.
+
+  With `ae_state`, refuses (WorkdirError) an LSTM trained on another autoencoder than
+  `ae_state` (the autoencoder trained on after the LSTM stage ran), unless `allow_stale`.
+  """
   store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
   try:
     if store.latest_step() is None:
       return None
     abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
                               jax.random.key(0))
-    return store.restore(abstract)[0]
+    state, meta, step = store.restore(abstract)
   finally:
     store.close()
+  if ae_state is not None:
+    reason = _stale_reason(meta, autoencoder_record(ae_state))
+    if reason is not None and not allow_stale:
+      raise errors.WorkdirError(
+          f'the LSTM of {workdir} (step {step}) is stale: {reason}. Rerun the run\'s '
+          'experiments.main command to retrain it on this autoencoder, or evaluate the '
+          'pair anyway with --allow_stale_lstm.')
+    if reason is not None:
+      log.warning('Evaluating a stale LSTM (allowed): %s.', reason)
+  return state
 
 
 def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, source=None,
@@ -338,20 +436,31 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   init = train.create_lstm_state(config, keys['lstm_init'])
   return run_stage(config, workdir, 'lstm', init, step_fn,
                    make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_data'],
-                   keys['lstm_step'],
-                   config.train.lstm_steps, mesh, extra_args=(ae_variables,))
+                   keys['lstm_step'], config.train.lstm_steps, mesh,
+                   extra_args=(ae_variables,), trained_on=autoencoder_record(ae_state))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) every stage in `workdir`; returns the evaluation metrics."""
+  """Runs (or resumes) every stage in `workdir`; returns the evaluation metrics.
+
+  Refused before any compute: a bad config field (ConfigError), an unusable workdir or
+  one another run holds (WorkdirError), a workdir made with another config
+  (ConfigMismatchError).
+  """
+  configuration.validate(config, num_devices=jax.device_count())
+  with contextlib.ExitStack() as held:
+    if is_chief():
+      workdir_lib.prepare(workdir)
+      held.enter_context(workdir_lib.RunLock(workdir))
+      if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+        checkpoint.check_config(workdir, config)
+      checkpoint.record_config(workdir, config)
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   from mipae_jax import evaluate  # Heavy plotting imports only when evaluating.
 
-  configuration.validate(config, num_devices=jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
-  if is_chief():
-    if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
-      checkpoint.check_config(workdir, config)
-    checkpoint.record_config(workdir, config)
   source = data.make_source(config.data)
   mesh = parallel.local_mesh()
   timings = {}
@@ -381,31 +490,45 @@ def load_config(workdir: str):
 
   path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.NotARunError(
         f'{path} not found: {workdir} is not a run directory made by experiments.main.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise errors.WorkdirError(
+        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
+        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
+        'original --config and overrides, which rewrites it.') from e
 
 
-def evaluate_workdir(workdir: str, overrides=()) -> dict:
+def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False) -> dict:
   """Evaluates the newest checkpoints of `workdir`; `overrides` like 'eval.seed=3'
-  may change `eval.*` fields only (the networks are fixed by the run)."""
-  import ast
+  may change `eval.*` fields only (the networks are fixed by the run).
 
-  from mipae_jax import evaluate
+  Refuses (ConfigError) an override naming no `eval` field or holding a value of another
+  type, and (WorkdirError) an LSTM trained on an older autoencoder than the workdir's,
+  unless `allow_stale_lstm`.
+  """
+  from mipae_jax import cli, evaluate
 
   config = load_config(workdir)
   for name, value in evaluate.EVAL_DEFAULTS.items():  # A run from before these options.
     if name not in config.eval:
       config.eval[name] = value
   for item in overrides:
-    field, _, value = item.partition('=')
-    if not field.startswith('eval.') or not value:
-      raise ValueError(f'override {item!r}: expected eval.<field>=<value>.')
-    config.eval[field[len('eval.'):]] = ast.literal_eval(value)
+    field, sep, text = item.partition('=')
+    field = field.removeprefix('--').removeprefix('config.')
+    if not field.startswith('eval.') or not sep:
+      raise errors.ConfigError(
+          f'override {item!r}: expected eval.<field>=<value> (evaluation may change only '
+          'eval.* fields; the networks are fixed by the run).')
+    current = cli.field_value(config, field)
+    config.eval[field[len('eval.'):]] = cli.parse_value(field, text, current)
   configuration.validate(config, num_devices=1)
   ae_state = restore_autoencoder(config, workdir)
-  return evaluate.evaluate(config, workdir, ae_state, restore_lstm(config, workdir))
+  lstm_state = restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
+  return evaluate.evaluate(config, workdir, ae_state, lstm_state)
 
 
 def print_summary(workdir: str, results: dict) -> None:

@@ -195,7 +195,8 @@ def critic_step(state: AEState, video, key, *, config, axis_name: str | None = N
   def objective(critic_params):
     t_joint = nets.critic(critic_params, a, b)
     t_marg = nets.critic(critic_params, a, b_neg)
-    loss = losses.critic_loss(config.loss.name, t_joint, t_marg, axis_name)
+    loss = losses.critic_loss(config.loss.name, t_joint, t_marg, axis_name,
+                              config.loss.smile_clip)
     return loss, losses.nwj_with_js_critic(t_joint, t_marg, axis_name)
 
   (loss, mi), grads = jax.value_and_grad(objective, has_aux=True)(state.critic.params)

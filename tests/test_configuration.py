@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from experiments.configs import default, demo, dsprites, mnist, mpi3d, tiny
-from mipae_jax import configuration
+from mipae_jax import configuration, errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,8 @@ def edit(**changes):
     ({'batch_size': 0}, 1, r'config\.batch_size=0 .* positive integer'),
     ({'data__name': 'kth'}, 1, r'config\.data\.name: expected one of'),
     ({'loss__name': 'infogan'}, 1,
-     r"config\.loss\.name='infogan' .* one of \('mipae', 'drnet', 'smile'\)"),
+     r"config\.loss\.name='infogan' .* one of \('mipae', 'drnet', 'smile', "
+     r"'smile_song_ermon'\)"),
     ({'model__arch': 'unet'}, 1, r"config\.model\.arch='unet' .* one of \('dcgan', 'vgg'\)"),
     ({'model__pose_dim': 0}, 1, r'config\.model\.pose_dim=0 .* positive integer'),
     ({'model__nf': -8}, 1, r'config\.model\.nf=-8 .* positive integer'),
@@ -56,10 +57,39 @@ def edit(**changes):
     ({'model__arch': 'vgg'}, 1, r'config\.data\.image_size=32 .* 64 for the vgg'),
     ({'data__input_frames': 1, 'data__target_frames': 0, 'eval__future_frames': 1}, 1,
      r'expected an int >= 1|input_frames \+ target_frames >= 2'),
+    # A random autoencoder would train an LSTM and report metrics.
+    ({'train__ae_steps': 0}, 1, r'config\.train\.ae_steps=0 .* positive integer'),
+    # One video per batch: the shuffled pairs are the joint pairs, the MI term is 0.
+    ({'batch_size': 1}, 1, r'config\.batch_size=1 .* at least 2: the critic'),
+    # `nan <= 0` is False: every float field is checked to be finite first.
+    ({'optim__lr': float('nan')}, 1, r'config\.optim\.lr=nan .* a finite number'),
+    ({'loss__alpha': float('inf')}, 1, r'config\.loss\.alpha=inf .* a finite number'),
+    ({'eval__seed': -1}, 1, r'config\.eval\.seed=-1 .* integer >= 0'),
+    ({'data__split_seed': -3}, 1, r'config\.data\.split_seed=-3 .* integer >= 0'),
 ])
 def test_bad_configs_name_the_field(changes, devices, message):
   with pytest.raises(ValueError, match=message):
     configuration.validate(edit(**changes), num_devices=devices)
+
+
+def test_required_fields_are_the_default_configs_fields():
+  def leaves(c, prefix=''):
+    for k, v in c.items():
+      if hasattr(v, 'items'):
+        yield from leaves(v, f'{prefix}{k}.')
+      else:
+        yield f'{prefix}{k}'
+  assert set(leaves(default.get_config())) == set(configuration.REQUIRED_FIELDS)
+
+
+def test_a_config_lacking_fields_is_refused_naming_them():
+  c = tiny.get_config()
+  del c.train['profile_steps']
+  del c.eval['seed']
+  with pytest.raises(errors.ConfigError,
+                     match=r"lacks field\(s\) train\.profile_steps, eval\.seed: build it "
+                           r"from experiments/configs/default\.py"):
+    configuration.validate(c)
 
 
 def test_command_line_overrides_reach_validation(tmp_path):

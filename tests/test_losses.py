@@ -41,7 +41,7 @@ def test_bounds_match_numpy(scores):
                              tj.mean() - np.log(np.exp(tm.astype(np.float64)).mean()),
                              rtol=1e-5)
   np.testing.assert_allclose(
-      losses.smile_bound(tj, tm, clip=1.5),
+      losses.smile_song_ermon_bound(tj, tm, clip=1.5),
       tj.mean() - np.log(np.exp(np.clip(tm, -1.5, 1.5)).mean()), rtol=1e-5)
   p = sig(tj)
   np.testing.assert_allclose(losses.drnet_confusion_loss(tj),
@@ -54,12 +54,47 @@ def test_bounds_match_numpy(scores):
 def test_variant_dispatch(scores):
   tj, tm = scores
   assert losses.critic_loss('mipae', tj, tm) == -losses.js_critic_objective(tj, tm)
-  assert losses.critic_loss('smile', tj, tm) == -losses.js_critic_objective(tj, tm)
+  assert losses.critic_loss('smile_song_ermon', tj, tm) == -losses.js_critic_objective(tj, tm)
+  assert losses.model_penalty('smile_song_ermon', tj, tm, 2.0) == (
+      losses.smile_song_ermon_bound(tj, tm, 2.0))
   assert losses.critic_loss('drnet', tj, tm) == losses.drnet_critic_loss(tj, tm)
   assert losses.model_penalty('mipae', tj, tm) == losses.nwj_with_js_critic(tj, tm)
   assert losses.model_penalty('drnet', tj, tm) == losses.drnet_confusion_loss(tj)
   with pytest.raises(ValueError, match="config.loss.name must be one of"):
     losses.critic_loss('infogan', tj, tm)
+
+
+@pytest.mark.parametrize('std', [4.0, 12.0])
+def test_smile_is_the_published_clamp_of_both_scores(std):
+  """The published code clamps joint and marginal scores to [-clip, clip] in the critic's
+  JS objective and in the model's DV penalty; Song & Ermon's SMILE clamps only the
+  marginal scores of the penalty and trains the critic on raw scores."""
+  rng = np.random.default_rng(int(std))
+  tj = rng.normal(2.0, std, 4096).astype(np.float32)
+  tm = rng.normal(-2.0, std, 4096).astype(np.float32)
+  clip = 5.0
+  cj, cm = np.clip(tj, -clip, clip).astype(np.float64), np.clip(tm, -clip, clip)
+  sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+  published_penalty = cj.mean() - np.log(np.exp(cm.astype(np.float64)).mean())
+  published_critic = -(np.mean(np.log(sig(cj))) + np.mean(np.log(1 - sig(cm))))
+  np.testing.assert_allclose(losses.model_penalty('smile', tj, tm, clip), published_penalty,
+                             rtol=1e-5)
+  np.testing.assert_allclose(losses.critic_loss('smile', tj, tm, smile_clip=clip),
+                             published_critic, rtol=1e-5)
+  song_ermon = tj.astype(np.float64).mean() - np.log(np.exp(cm.astype(np.float64)).mean())
+  np.testing.assert_allclose(losses.model_penalty('smile_song_ermon', tj, tm, clip),
+                             song_ermon, rtol=1e-5)
+  # The two differ by the clamp of the joint mean (many joint scores exceed 5 here).
+  gap = song_ermon - published_penalty
+  assert abs(gap - (tj.astype(np.float64).mean() - cj.mean())) < 1e-4
+  assert abs(gap) > 0.1
+  # The published penalty never exceeds 2 * clip, and clamped joint pairs get no gradient.
+  assert float(losses.smile_bound(tj + 100, tm, clip)) <= 2 * clip + 1e-5
+  g = jax.grad(lambda t: losses.model_penalty('smile', t, tm, clip))(jnp.asarray(tj))
+  assert np.all(np.asarray(g)[np.abs(tj) > clip] == 0)
+  assert np.all(np.asarray(g)[np.abs(tj) < clip] > 0)
+  g = jax.grad(lambda t: losses.critic_loss('smile', t, tm, smile_clip=clip))(jnp.asarray(tj))
+  assert np.all(np.asarray(g)[np.abs(tj) > clip] == 0)
 
 
 def gaussian_pairs(key, n, rho, dim):
@@ -82,7 +117,8 @@ def test_bounds_with_the_optimal_critic_recover_known_mi(rho):
   a, b = gaussian_pairs(jax.random.key(0), n, rho, dim)
   b_neg = jnp.roll(b, 1, axis=0)
   tj, tm = optimal_log_ratio(a, b, rho), optimal_log_ratio(a, b_neg, rho)
-  for bound in (losses.nwj_with_js_critic, losses.dv_bound, losses.smile_bound):
+  for bound in (losses.nwj_with_js_critic, losses.dv_bound, losses.smile_bound,
+                losses.smile_song_ermon_bound):
     assert abs(float(bound(tj, tm)) - true_mi) < 0.05 * true_mi, bound.__name__
   # NWJ's own optimum is T* + 1.
   assert abs(float(losses.nwj_bound(tj + 1, tm + 1)) - true_mi) < 0.05 * true_mi

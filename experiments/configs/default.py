@@ -34,10 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype (float32 | bfloat16); parameters stay float32.
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = 'mipae'  # mipae | drnet | smile.
+  c.loss.name = 'mipae'  # mipae | drnet | smile (as published) | smile_song_ermon.
   c.loss.alpha = 1.0  # Weight of L_sim.
   c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
-  c.loss.smile_clip = 5.0  # smile only: critic scores clipped to [-clip, clip].
+  # smile: both critic scores clamped to [-clip, clip] (the published code);
+  # smile_song_ermon: only the marginal scores of the penalty's partition term.
+  c.loss.smile_clip = 5.0
 
   c.optim = ml_collections.ConfigDict()  # Autoencoder and critic (two Adam states).
   c.optim.lr = 2e-3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from mipae_jax import errors
 from mipae_jax.data.common import VideoSource
 
 __all__ = ['VideoSource', 'make_source', 'DATASETS']
@@ -23,11 +24,11 @@ DATASETS = ('moving_dsprites', 'moving_mnist', 'mpi3d')
 
 
 def _fail(field: str, expected: str, found, fix: str):
-  raise ValueError(f'config.data.{field}: expected {expected}, found {found!r}. {fix}')
+  raise errors.ConfigError(f'config.data.{field}: expected {expected}, found {found!r}. {fix}')
 
 
 def validate(data_config) -> None:
-  """Checks `config.data`; raises ValueError / FileNotFoundError naming the field."""
+  """Checks `config.data`; raises ConfigError / DataNotFoundError naming the field."""
   c = data_config
   if c.name not in DATASETS:
     _fail('name', f'one of {DATASETS}', c.name, 'Set config.data.name to a known dataset.')
@@ -60,11 +61,11 @@ def validate(data_config) -> None:
       what = ('a directory with the MNIST IDX .gz files, a mnist.npz, or a TFDS data dir with '
               'a prepared mnist' if c.name == 'moving_mnist'
               else 'mpi3d_real.npz (key "images") or a .npy of it')
-      raise FileNotFoundError(
+      raise errors.DataNotFoundError(
           f"config.data.path: expected {what} for {c.name}, found ''. This dataset cannot "
           'be rendered; download it and point config.data.path at it.')
     if not os.path.exists(os.path.expanduser(c.path)):
-      raise FileNotFoundError(
+      raise errors.DataNotFoundError(
           f'config.data.path: {c.path!r} does not exist (looked for it as given, from '
           f'{os.getcwd()!r}). Point config.data.path at your {c.name} file or directory.')
 

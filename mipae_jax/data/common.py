@@ -9,16 +9,49 @@ Conventions used throughout `mipae_jax.data`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gzip
+import zipfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mipae_jax import errors
+
 SPLITS = ('train', 'test')
 CANVAS = 64  # Every dataset renders at 64 x 64; smaller image sizes are area-averaged.
+
+
+def _unreadable_reason(e: BaseException) -> str:
+  """What a NumPy / zip / gzip failure means for the user's file, in words (never
+  numpy's advice to load pickles: a data file holding pickles is not one of ours)."""
+  text = str(e)
+  if 'allow_pickle' in text or 'pickled' in text:
+    return 'it is not a NumPy .npy/.npz array file'
+  if 'mmap length is greater than file size' in text or isinstance(e, EOFError):
+    return 'it is shorter than its header says: truncated (an interrupted download or copy?)'
+  if isinstance(e, zipfile.BadZipFile):
+    return 'it is not a zip archive, as a .npz must be'
+  if isinstance(e, gzip.BadGzipFile):
+    return 'it is not a gzip file, as a .gz must be'
+  return f'{type(e).__name__}: {errors.first_line(text)}'
+
+
+@contextlib.contextmanager
+def reading(path: str, what: str, fix: str):
+  """Turns the errors NumPy, zipfile and gzip raise on a damaged file into one DataError
+  naming the file, what it should hold and how to get a good one."""
+  try:
+    yield
+  except errors.UserError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise errors.DataError(f'{path}: cannot be read as {what}: {_unreadable_reason(e)}. '
+                           f'{fix}') from e
 
 
 @dataclasses.dataclass(frozen=True)

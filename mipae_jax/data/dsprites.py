@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mipae_jax import errors
 from mipae_jax.data import common
 
 NUM_SHAPES, NUM_SCALES, NUM_ORIENTATIONS, NUM_POSITIONS = 3, 6, 40, 32
@@ -111,18 +112,19 @@ def load_dsprites_images(path: str) -> np.ndarray:
   if os.path.isdir(path):
     path = os.path.join(path, PUBLISHED_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.DataNotFoundError(
         f'dSprites array not found at {path!r}. Download {PUBLISHED_FILE} from '
         'https://github.com/google-deepmind/dsprites-dataset and set config.data.path to it, '
         "or set config.data.path = '' to use the built-in renderer (no download needed).")
-  with np.load(path) as f:
+  with (common.reading(path, f'the published {PUBLISHED_FILE}',
+                       f'Download {PUBLISHED_FILE} again.'), np.load(path) as f):
     if 'imgs' not in f.files:
-      raise ValueError(f'{path}: expected key "imgs" (the published dSprites npz), '
+      raise errors.DataError(f'{path}: expected key "imgs" (the published dSprites npz), '
                        f'found keys {sorted(f.files)}.')
     imgs = f['imgs']
   expected = (NUM_IMAGES, common.CANVAS, common.CANVAS)
   if imgs.shape != expected or imgs.dtype != np.uint8:
-    raise ValueError(f'{path}: "imgs" should be uint8 {expected} (the published '
+    raise errors.DataError(f'{path}: "imgs" should be uint8 {expected} (the published '
                      f'{PUBLISHED_FILE}), found {imgs.dtype} {imgs.shape}.')
   _check_binary(path, imgs)
   return imgs
@@ -133,7 +135,7 @@ def _check_binary(path: str, imgs: np.ndarray) -> None:
   rendered frame saturate, so it is refused with the fix."""
   top = int(imgs.max()) if imgs.size else 0
   if top > 1:
-    raise ValueError(f'{path}: "imgs" should hold binary 0/1 pixels (the published '
+    raise errors.DataError(f'{path}: "imgs" should hold binary 0/1 pixels (the published '
                      f'{PUBLISHED_FILE}), found values up to {top}. If this copy was '
                      'rescaled to 0-255, save it back as (imgs > 127).astype(np.uint8).')
 
@@ -156,7 +158,7 @@ def sprites_from_published(imgs: np.ndarray) -> np.ndarray:
   rows = np.array([centroid(i)[0] for i in big])
   offsets = np.round(rows - rows[0]).astype(np.int32)
   if np.any(np.diff(offsets) < 0) or offsets[-1] >= common.CANVAS:
-    raise ValueError(f'dSprites array: sprite rows should move down with posY, found offsets '
+    raise errors.DataError(f'dSprites array: sprite rows should move down with posY, found offsets '
                      f'{offsets.tolist()}; is it the published layout?')
   size = common.CANVAS - int(offsets[-1])
   base = latents_to_index(*np.meshgrid(np.arange(3), np.arange(6), np.arange(40),
@@ -168,7 +170,7 @@ def sprites_from_published(imgs: np.ndarray) -> np.ndarray:
   redo = common.place_np(crops[lat[:, 0], lat[:, 1], lat[:, 2]], offsets[lat[:, 4]],
                          offsets[lat[:, 3]], dtype=np.uint8)
   if not np.array_equal(redo, imgs[check]):
-    raise ValueError('The dSprites array is not a translation grid with integer offsets; '
+    raise errors.DataError('The dSprites array is not a translation grid with integer offsets; '
                      "set config.data.path = '' to use the built-in renderer.")
   return crops, offsets
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mipae_jax import errors
 from mipae_jax.data import common
 
 DIGIT = 32  # Digits are resized to 32 x 32.
@@ -37,29 +38,29 @@ TEST_SEQ_SHAPE = (20, 10000, 64, 64)
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (optionally .gz): uint8 images `[N, 28, 28]` or labels `[N]`."""
   opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rb') as f:
+  with common.reading(path, 'an MNIST IDX file', HOW_TO_GET), opener(path, 'rb') as f:
     raw = f.read()
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise ValueError(f'{path}: not an IDX file of uint8 (expected magic 0x0000 08 nd, found '
+    raise errors.DataError(f'{path}: not an IDX file of uint8 (expected magic 0x0000 08 nd, found '
                      f'{raw[:4].hex()}).')
   nd = raw[3]
   dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(nd))
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
   if data.size != int(np.prod(dims)):
-    raise ValueError(f'{path}: header says {dims} = {int(np.prod(dims))} values, found '
+    raise errors.DataError(f'{path}: header says {dims} = {int(np.prod(dims))} values, found '
                      f'{data.size} (truncated download?).')
   return data.reshape(dims)
 
 
 def _check_pair(where: str, x: np.ndarray, y: np.ndarray, split: str):
   if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
-    raise ValueError(f'{where}: {split} images should be uint8 [N, 28, 28], found '
+    raise errors.DataError(f'{where}: {split} images should be uint8 [N, 28, 28], found '
                      f'{x.dtype} {list(x.shape)}.')
   if y.shape != (x.shape[0],):
-    raise ValueError(f'{where}: {split} labels should be [{x.shape[0]}] (one per image), '
+    raise errors.DataError(f'{where}: {split} labels should be [{x.shape[0]}] (one per image), '
                      f'found {list(y.shape)}.')
   if y.size and (y.min() < 0 or y.max() > 9):
-    raise ValueError(f'{where}: {split} labels should be digits 0-9, found values from '
+    raise errors.DataError(f'{where}: {split} labels should be digits 0-9, found values from '
                      f'{int(y.min())} to {int(y.max())}: are the label files those of MNIST?')
 
 
@@ -72,12 +73,13 @@ def load_mnist(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   path = os.path.expanduser(path)
   if os.path.isfile(path):
     if not path.endswith('.npz'):
-      raise ValueError(f'{path}: expected a mnist.npz (keys x_train, y_train, x_test, '
+      raise errors.DataError(f'{path}: expected a mnist.npz (keys x_train, y_train, x_test, '
                        f'y_test) or a directory of IDX files, found another file. {HOW_TO_GET}')
-    with np.load(path) as f:
+    with (common.reading(path, 'a mnist.npz (keys x_train, y_train, x_test, y_test)',
+                         HOW_TO_GET), np.load(path) as f):
       missing = {'x_train', 'y_train', 'x_test', 'y_test'} - set(f.files)
       if missing:
-        raise ValueError(f'{path}: expected keys x_train, y_train, x_test, y_test, found '
+        raise errors.DataError(f'{path}: expected keys x_train, y_train, x_test, y_test, found '
                          f'{sorted(f.files)} (missing {sorted(missing)}).')
       out = {s: (f[f'x_{s}'], f[f'y_{s}'].astype(np.int32)) for s in common.SPLITS}
   elif os.path.isdir(path):
@@ -90,13 +92,13 @@ def load_mnist(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         found = [os.path.join(path, name + ext) for ext in ('.gz', '')
                  if os.path.exists(os.path.join(path, name + ext))]
         if not found:
-          raise FileNotFoundError(
+          raise errors.DataNotFoundError(
               f'{name}.gz (or {name}) not found in {path!r}; it needs all four IDX files '
               f'{[n + ".gz" for ns in IDX_FILES.values() for n in ns]}. {HOW_TO_GET}')
         arrays.append(read_idx(found[0]))
       out[split] = (arrays[0], arrays[1].astype(np.int32))
   else:
-    raise FileNotFoundError(f'MNIST not found at {path!r}. {HOW_TO_GET}')
+    raise errors.DataNotFoundError(f'MNIST not found at {path!r}. {HOW_TO_GET}')
   for split, (x, y) in out.items():
     _check_pair(path, x, y, split)
   return out
@@ -115,7 +117,7 @@ def _load_tfds_mnist(data_dir: str):
                     np.array([it['label'] for it in items], np.int32))
     return out
   except Exception as e:  # noqa: BLE001 - re-raised with what to do.
-    raise ValueError(
+    raise errors.DataError(
         f'{data_dir}/mnist: could not read the prepared TFDS mnist without TensorFlow ({e}). '
         'TFDS can read it here only if it was prepared with file_format=array_record; '
         f'otherwise point config.data.path at the IDX files or mnist.npz. {HOW_TO_GET}') from e
@@ -311,12 +313,14 @@ def load_test_seq(path: str) -> np.ndarray:
   if os.path.isdir(path):
     path = os.path.join(path, 'mnist_test_seq.npy')
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.DataNotFoundError(
         f'{path!r} not found. Download mnist_test_seq.npy from '
         'https://www.cs.toronto.edu/~nitish/unsupervised_video/ and point to it.')
-  seq = np.load(path, mmap_mode='r')
+  with common.reading(path, f'the Moving MNIST test set (uint8 {TEST_SEQ_SHAPE})',
+                      'Download mnist_test_seq.npy again.'):
+    seq = np.load(path, mmap_mode='r')
   if seq.ndim != 4 or seq.shape[2:] != (64, 64) or seq.dtype != np.uint8:
-    raise ValueError(f'{path}: expected uint8 [T, N, 64, 64] (published: {TEST_SEQ_SHAPE}), '
+    raise errors.DataError(f'{path}: expected uint8 [T, N, 64, 64] (published: {TEST_SEQ_SHAPE}), '
                      f'found {seq.dtype} {list(seq.shape)}.')
   return seq
 

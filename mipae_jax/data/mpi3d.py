@@ -25,6 +25,7 @@ import zipfile
 
 import numpy as np
 
+from mipae_jax import errors
 from mipae_jax.data import common
 
 CONTENT_NAMES = ('object_color', 'object_shape', 'object_size', 'camera_height',
@@ -44,7 +45,7 @@ def infer_layout(length: int, layouts: dict | None = None) -> tuple[int, ...]:
   if length not in layouts:
     known = ', '.join(f'{n:,} ({name}: {" x ".join(map(str, dims))})'
                       for n, (name, dims) in layouts.items())
-    raise ValueError(f'MPI3D array has {length:,} images; expected one of the known '
+    raise errors.DataError(f'MPI3D array has {length:,} images; expected one of the known '
                      f'layouts: {known}.')
   return tuple(layouts[length][1])
 
@@ -74,28 +75,30 @@ def open_images(path: str, key: str = 'images') -> np.ndarray:
   """Memory-maps the MPI3D images `[N, 64, 64, 3]` uint8 from a `.npz` or `.npy`."""
   path = os.path.expanduser(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'MPI3D array not found at {path!r}. {HOW_TO_GET}')
-  if path.endswith('.npy'):
-    images = np.load(path, mmap_mode='r')
-  elif path.endswith('.npz'):
-    with zipfile.ZipFile(path) as z:
-      members = [n[:-4] for n in z.namelist() if n.endswith('.npy')]
-    if key not in members:
-      raise ValueError(f'{path}: expected key {key!r}, found keys {members}. {HOW_TO_GET}')
-    images = _npz_member_memmap(path, key + '.npy')
-    if images is None:  # Compressed: extract once, then map the extracted copy.
-      out = path[:-4] + f'.{key}.npy'
-      if not os.path.exists(out):
-        tmp = out + '.partial'
-        with zipfile.ZipFile(path) as z, z.open(key + '.npy') as src, open(tmp, 'wb') as dst:
-          while chunk := src.read(1 << 24):
-            dst.write(chunk)
-        os.replace(tmp, out)
-      images = np.load(out, mmap_mode='r')
-  else:
-    raise ValueError(f'{path}: expected a .npz (key {key!r}) or .npy file. {HOW_TO_GET}')
+    raise errors.DataNotFoundError(f'MPI3D array not found at {path!r}. {HOW_TO_GET}')
+  with common.reading(path, 'MPI3D images (uint8 [N, 64, 64, 3] in a .npz or .npy)',
+                      HOW_TO_GET):
+    if path.endswith('.npy'):
+      images = np.load(path, mmap_mode='r')
+    elif path.endswith('.npz'):
+      with zipfile.ZipFile(path) as z:
+        members = [n[:-4] for n in z.namelist() if n.endswith('.npy')]
+      if key not in members:
+        raise errors.DataError(f'{path}: expected key {key!r}, found keys {members}. {HOW_TO_GET}')
+      images = _npz_member_memmap(path, key + '.npy')
+      if images is None:  # Compressed: extract once, then map the extracted copy.
+        out = path[:-4] + f'.{key}.npy'
+        if not os.path.exists(out):
+          tmp = out + '.partial'
+          with zipfile.ZipFile(path) as z, z.open(key + '.npy') as src, open(tmp, 'wb') as dst:
+            while chunk := src.read(1 << 24):
+              dst.write(chunk)
+          os.replace(tmp, out)
+        images = np.load(out, mmap_mode='r')
+    else:
+      raise errors.DataError(f'{path}: expected a .npz (key {key!r}) or .npy file. {HOW_TO_GET}')
   if images.ndim != 4 or images.shape[1:] != (64, 64, 3) or images.dtype != np.uint8:
-    raise ValueError(f'{path}: expected uint8 images [N, 64, 64, 3], found {images.dtype} '
+    raise errors.DataError(f'{path}: expected uint8 images [N, 64, 64, 3], found {images.dtype} '
                      f'{list(images.shape)}.')
   return images
 

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mipae_jax import cli, errors
 from mipae_jax.data import make_source
 
 
@@ -72,8 +73,30 @@ def write_preview(source, out_dir: str, num_videos: int = 4, seed: int = 0,
   return gif, png
 
 
+def data_config(dataset: str, path: str = '', channels: int = 3, rotation: bool = False):
+  """The `config.data` of the paper's setting for `dataset` (two objects, 5 + 10 frames)."""
+  import ml_collections
+  return ml_collections.ConfigDict({
+      'name': dataset, 'image_size': 64, 'channels': channels, 'input_frames': 5,
+      'target_frames': 10, 'num_objects': 2, 'rotation': rotation, 'path': path,
+      'split_seed': 0})
+
+
+def _build(args):
+  c = data_config(args.dataset, args.path, 3 if args.channels is None else args.channels,
+                  args.rotation)
+  try:
+    source = make_source(c)
+  except errors.UserError as e:
+    # The library names the config field; this command's flag for it is --path.
+    message = str(e).replace('config.data.path', '--path')
+    message = message.replace('config.data.channels', '--channels')
+    raise type(e)(message) from e
+  gif, png = write_preview(source, args.out, args.num_videos, args.seed, args.split)
+  print(f'wrote {gif} and {png}')
+
+
 def main(argv=None):
-  from experiments.configs import default
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--dataset', required=True,
@@ -85,13 +108,9 @@ def main(argv=None):
   parser.add_argument('--rotation', action='store_true', help='dSprites: rotating sprites.')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--split', default='test', choices=['train', 'test'])
+  parser.add_argument('--verbose', action='store_true', help='Tracebacks with errors.')
   args = parser.parse_args(argv)
-  c = default.get_config().data
-  c.name, c.path, c.rotation = args.dataset, args.path, args.rotation
-  if args.channels is not None:
-    c.channels = args.channels
-  gif, png = write_preview(make_source(c), args.out, args.num_videos, args.seed, args.split)
-  print(f'wrote {gif} and {png}')
+  cli.guarded(_build, args)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,56 @@
+"""The errors a user fixes from the message alone.
+
+Everything the library refuses because of what it was given (a config field, a data
+file, a workdir) raises a subclass of `UserError`. The command-line entry points
+(`mipae_jax.cli`) print such an error as one line and exit with its `exit_code`, without
+a traceback (set `MIPAE_VERBOSE=1` or pass `--verbose` to see it); any other exception
+is a bug and keeps its traceback. Each class also derives from the built-in type callers
+caught before it existed (`ValueError`, `FileNotFoundError`, ...), so `except ValueError`
+keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+  """Base: the message says what was wrong and how to fix it."""
+
+  exit_code = 2  # Bad input (as argparse and absl use for bad flags).
+
+
+class ConfigError(UserError, ValueError):
+  """A config field is missing, unknown, or has a value that is not allowed."""
+
+
+class DataError(UserError, ValueError):
+  """A data file exists but does not hold what the dataset needs."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+  """A data file or directory the config names does not exist."""
+
+
+class WorkdirError(UserError, RuntimeError):
+  """The workdir cannot be used: not a directory, not writable, not a run directory, or
+  in use by another run."""
+
+
+class NotARunError(UserError, FileNotFoundError):
+  """A workdir lacks what the command needs (a recorded config, a trained autoencoder)."""
+
+
+class RunFailure(UserError, RuntimeError):
+  """A run stopped on a condition found while running (a diverged loss, a failed save);
+  the message says what is kept and how to go on. Exit status 1: not bad input."""
+
+  exit_code = 1
+
+
+def first_line(text: str, limit: int = 300) -> str:
+  """The first non-empty line of `text`, cut to `limit` characters: library errors
+  (TensorStore specs, XLA dumps) can run to dozens of lines that bury the cause."""
+  for line in str(text).splitlines():
+    if line.strip():
+      line = line.strip()
+      return line if len(line) <= limit else line[:limit - 3] + '...'
+  return ''

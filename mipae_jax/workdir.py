@@ -1,0 +1,110 @@
+"""The run directory: refused when unusable, and held by one run at a time.
+
+`prepare(path)` creates the directory (or accepts an existing run directory) and refuses,
+in one line naming the path and the OS's reason, an empty path, a file, a directory that
+cannot be created or written, and a non-empty directory that is not a run (the user's
+own files, which a run would write beside and whose `metrics.jsonl` it would append to).
+
+`RunLock(path)` is an exclusive `flock` on `<workdir>/run.lock`, holding the holder's
+pid and host. The kernel drops it when the holder exits in any way (SIGKILL included),
+so a crashed run never leaves a lock that blocks the next one; the pid and host written
+in the file are only read to name the holder of a lock that is still held.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+
+from mipae_jax import errors
+
+CONFIG_FILE = 'config.json'  # The mark of a run directory (see checkpoint.record_config).
+LOCK_FILE = 'run.lock'
+# Files a run directory may hold before its config is recorded: the lock of a run that
+# stopped before writing config.json, and what `experiments.study` writes first.
+EARLY_FILES = frozenset({LOCK_FILE, 'study.log', 'study_time.json'})
+
+
+def prepare(path: str) -> str:
+  """Creates or checks the run directory `path`; returns it as an absolute path.
+
+  Raises:
+    WorkdirError: `path` is empty, a file, cannot be created or written, or is a
+      non-empty directory without a run's `config.json`.
+  """
+  if not path or not str(path).strip():
+    raise errors.WorkdirError('--workdir is empty: pass a directory for the run, e.g. '
+                              '--workdir=runs/demo')
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.WorkdirError(f'workdir {path} is a file, not a directory: pass a new '
+                              'or existing run directory as --workdir.')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.WorkdirError(f'workdir {path} cannot be created: {e.strerror} '
+                              f'(errno {e.errno}). Pass a --workdir in a writable place.'
+                              ) from e
+  probe = os.path.join(path, f'.write-test-{os.getpid()}')
+  try:
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise errors.WorkdirError(f'workdir {path} is not writable: {e.strerror} '
+                              f'(errno {e.errno}). Make it writable or pass another '
+                              '--workdir.') from e
+  entries = set(os.listdir(path))
+  if CONFIG_FILE not in entries and entries - EARLY_FILES:
+    shown = sorted(entries - EARLY_FILES)
+    more = f' (+{len(shown) - 5} more)' if len(shown) > 5 else ''
+    raise errors.WorkdirError(
+        f'workdir {path} is not empty and is not a run directory (no {CONFIG_FILE}); it '
+        f'holds {", ".join(shown[:5])}{more}. A run would write its checkpoints and logs '
+        'among these files: pass a new or empty --workdir.')
+  return path
+
+
+class RunLock:
+  """Exclusive hold of a run directory for the life of one run (a context manager).
+
+  Example:
+    with RunLock(workdir):
+      ...  # train; a second run on `workdir` gets WorkdirError naming this one.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.fspath(workdir), LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> RunLock:
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'unknown'
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise errors.WorkdirError(f'cannot lock {self.path}: {e.strerror}. Pass a --workdir '
+                                  'on a filesystem with file locks.') from e
+      raise errors.WorkdirError(
+          f'{os.path.dirname(self.path)} is in use by another run ({holder}). One run per '
+          'workdir: wait for it to finish, stop it, or pass another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

@@ -1,0 +1,166 @@
+"""The entry points refuse bad input in one line (exit status 2), tracebacks on request."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import tiny
+from mipae_jax import checkpoint, cli, errors
+from mipae_jax.data import preview
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args, env=None, timeout=120):
+  base = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+  env = {**base, 'XLA_FLAGS': '--xla_backend_optimization_level=0', **(env or {})}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(out) -> str:
+  """The refusal: stderr less absl's/JAX's informational lines, asserted to be one line."""
+  lines = [x for x in out.stderr.splitlines() if x.strip() and not x.startswith(('I1', 'W1'))]
+  assert len(lines) == 1, out.stderr
+  assert 'Traceback' not in out.stderr
+  return lines[0]
+
+
+# ------------------------------------------------------------- In-process config checks.
+
+
+def test_config_file_problems_are_named(tmp_path):
+  with pytest.raises(errors.ConfigError, match=r"config file 'nope\.py' not found"):
+    cli.load_config_file('nope.py')
+  (tmp_path / 'empty.py').write_text('x = 1\n')
+  with pytest.raises(errors.ConfigError, match=r'defines no get_config\(\)'):
+    cli.load_config_file(str(tmp_path / 'empty.py'))
+  (tmp_path / 'broken.py').write_text('def get_config(:\n')
+  with pytest.raises(errors.ConfigError, match=r'fails to import: SyntaxError'):
+    cli.load_config_file(str(tmp_path / 'broken.py'))
+  c = cli.load_config_file('experiments/configs/dsprites.py:drnet')
+  assert c.loss.name == 'drnet'
+
+
+def test_unknown_fields_and_malformed_values_are_named():
+  c = tiny.get_config()
+  with pytest.raises(errors.ConfigError, match=r"no field 'optim\.lrr' \(optim has: b1, b2, "
+                                               r'eps, lr\)\. Did you mean optim\.lr\?'):
+    cli.field_value(c, 'optim.lrr')
+  with pytest.raises(errors.ConfigError, match=r"no field 'nope' \(the config has: "):
+    cli.field_value(c, 'nope')
+  with pytest.raises(errors.ConfigError, match=r"eval\.seed='\(1,' is not a value of the "
+                                               r"field's type \(int, now 1234\)"):
+    cli.parse_value('eval.seed', '(1,', 1234)
+  with pytest.raises(errors.ConfigError, match=r'expected a int .* found a str'):
+    cli.parse_value('eval.seed', "'x'", 1234)
+  assert cli.parse_value('optim.lr', '1', 2e-3) == 1.0
+  assert cli.parse_value('model.skips', 'true', False) is True
+  assert cli.parse_value('data.path', '/x', '') == '/x'
+
+
+# --------------------------------------------------------------- The commands themselves.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=nope.py'], r"ConfigError: config file 'nope.py' not found"),
+    (['--config=README.md'], r"ConfigError: config file 'README.md' is not a Python file"),
+    (['--config=experiments/configs/tiny.py', '--config.nope=1'],
+     r"ConfigError: config has no field 'nope'"),
+    (['--config=experiments/configs/tiny.py', '--config.eval.seed=(1,'],
+     r"ConfigError: --config.eval.seed='\(1,' is not a value of the field's type"),
+    (['--config=experiments/configs/tiny.py', '--config.optim.lr=nan'],
+     r'ConfigError: config.optim.lr=nan is not allowed: expected a finite number'),
+    (['--config=experiments/configs/tiny.py', '--config.data.name=moving_mnist',
+      '--config.data.path=/nope'],
+     r"DataNotFoundError: config.data.path: '/nope' does not exist"),
+])
+def test_main_refuses_bad_input_in_one_line_with_status_2(tmp_path, args, message):
+  out = run('experiments.main', *args, f'--workdir={tmp_path}/run')
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert re.match(message, one_line(out)), out.stderr
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+  args = ['--config=experiments/configs/tiny.py', '--config.optim.lr=nan',
+          f'--workdir={tmp_path}/run']
+  out = run('experiments.main', *args, '--verbose')
+  assert out.returncode != 0 and 'Traceback' in out.stderr and 'ConfigError' in out.stderr
+  out = run('experiments.main', *args, env={cli.VERBOSE_ENV: '1'})
+  assert 'Traceback' in out.stderr
+
+
+def _fake_run(tmp_path):
+  d = tmp_path / 'run'
+  d.mkdir()
+  checkpoint.record_config(str(d), tiny.get_config())
+  return d
+
+
+def test_evaluate_takes_config_eval_overrides_and_refuses_unknown_ones(tmp_path):
+  d = _fake_run(tmp_path)
+  out = run('experiments.evaluate', f'--workdir={d}', '--config.eval.nope=1')
+  assert out.returncode == 2
+  assert one_line(out).startswith("ConfigError: config has no field 'eval.nope' (eval has: ")
+  out = run('experiments.evaluate', f'--workdir={d}', '--override', 'eval.mig_samplez=1')
+  assert out.returncode == 2 and 'Did you mean eval.mig_samples?' in one_line(out)
+  # A known field passes the override check and reaches the (missing) autoencoder.
+  out = run('experiments.evaluate', f'--workdir={d}', '--config.eval.mig_samples=200')
+  assert out.returncode == 2
+  assert one_line(out).startswith('NotARunError: No autoencoder checkpoint in ')
+
+
+def test_evaluate_names_a_truncated_config_record(tmp_path):
+  d = _fake_run(tmp_path)
+  text = (d / 'config.json').read_text()
+  (d / 'config.json').write_text(text[:len(text) // 2])
+  out = run('experiments.evaluate', f'--workdir={d}')
+  assert out.returncode == 2
+  assert 'config.json cannot be read' in one_line(out) and 'truncated?' in one_line(out)
+
+
+def test_preview_names_its_own_flag(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    preview.main(['--dataset', 'moving_mnist', '--out', str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('DataNotFoundError: --path: expected a directory with the MNIST')
+  assert 'config.data' not in err and '\n' not in err
+
+
+# ------------------------------------------------- Damaged data files: what and how to fix.
+
+
+def test_damaged_data_files_never_suggest_loading_pickles(tmp_path):
+  from mipae_jax.data import moving_mnist, mpi3d
+  np.save(tmp_path / 'trunc.npy', np.zeros((100, 64, 64, 3), np.uint8))
+  with open(tmp_path / 'trunc.npy', 'r+b') as f:
+    f.truncate(5000)
+  (tmp_path / 'random.npz').write_bytes(os.urandom(4096))
+  (tmp_path / 'pickled.npz').write_bytes(b'\x80\x04' + os.urandom(200))
+  idx = tmp_path / 'idx'
+  idx.mkdir()
+  for names in moving_mnist.IDX_FILES.values():
+    for name in names:
+      (idx / f'{name}.gz').write_bytes(os.urandom(300))
+  cases = [
+      (lambda: mpi3d.open_images(str(tmp_path / 'trunc.npy')), r'trunc\.npy: cannot be read as '
+       r'MPI3D images .*: it is shorter than its header says: truncated'),
+      (lambda: mpi3d.open_images(str(tmp_path / 'random.npz')),
+       r'random\.npz: cannot be read as MPI3D images .*: it is not a zip archive'),
+      (lambda: moving_mnist.load_mnist(str(idx)),
+       r'train-images-idx3-ubyte\.gz: cannot be read as an MNIST IDX file: it is not a gzip'),
+      (lambda: moving_mnist.load_mnist(str(tmp_path / 'pickled.npz')),
+       r'pickled\.npz: cannot be read as a mnist\.npz .*: it is not a NumPy'),
+  ]
+  for fn, message in cases:
+    with pytest.raises(errors.DataError, match=message) as e:
+      fn()
+    assert 'allow_pickle' not in str(e.value) and 'pickle.load' not in str(e.value)
+  json.dumps(str(e.value))  # Plain text.
