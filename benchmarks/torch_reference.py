@@ -1,4 +1,4 @@
-"""A PyTorch reference of the MIPAE networks and train steps, written from SPEC sections 1-3.
+"""A PyTorch reference of the MIPAE networks and train steps of docs/method.md sections 1-3.
 
 Used for two things only: the parity test of `mipae_jax.convert` and the side-by-side
 speed benchmark (`python -m benchmarks.run`). Module attribute names follow the published
@@ -285,8 +285,8 @@ def build(config):
 
 
 def init_weights(module, generator=None):
-  """SPEC init: conv/linear weights N(0, 0.02), biases 0; BN scale N(1, 0.02), bias 0.
-  LSTM cells keep torch's uniform(+-1/sqrt(hidden)) init."""
+  """Init of docs/method.md section 1: conv/linear weights N(0, 0.02), biases 0; BN scale
+  N(1, 0.02), bias 0. LSTM cells keep torch's uniform(+-1/sqrt(hidden)) init."""
   for m in module.modules():
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
       nn.init.normal_(m.weight, 0.0, 0.02, generator=generator)
@@ -337,7 +337,7 @@ def _prepare(net, device, channels_last):
 
 
 class AutoencoderTrainer:
-  """One autoencoder iteration (SPEC section 2): critic step, then model step.
+  """One autoencoder iteration (docs/method.md section 2): critic step, then model step.
 
   `step(critic_video, video)` takes time-first `[T, B, C, H, W]` tensors on `device`.
   Random frame indices and permutations come from `self.gen` (a seeded CPU
@@ -423,9 +423,9 @@ class AutoencoderTrainer:
 
 
 class LSTMTrainer:
-  """One LSTM iteration (SPEC section 3), the autoencoder frozen in inference mode (as
-  `mipae_jax.train.lstm_train_step`): all frames' poses in one batched no-grad pass, then
-  teacher forcing over t = 1..T-1."""
+  """One LSTM iteration (docs/method.md section 3), the autoencoder frozen in inference
+  mode (as `mipae_jax.train.lstm_train_step`): all frames' poses in one batched no-grad
+  pass, then teacher forcing over t = 1..T-1."""
 
   def __init__(self, config, seed=0, channels_last=True, device='cpu', dtype='float32'):
     torch.manual_seed(seed)

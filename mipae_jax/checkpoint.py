@@ -335,9 +335,11 @@ class CheckpointStore:
       hint = 'make the workdir writable or pass another --workdir'
     else:
       hint = 'check that the workdir is a writable directory with free space'
-    return (f'{what}: {type(err).__name__}: {err}\nTo fix: {hint}, then rerun the '
-            'same command; training resumes from the last good checkpoint'
-            f'{self._last_good_note()}.')
+    # The first line only: TensorStore and Orbax errors carry dozens of lines of spec.
+    cause = f' (OS error {code}: {os.strerror(code)})' if code else ''
+    return (f'{what}{cause}: {errors.describe(err)}\nTo fix: '
+            f'{hint}, then rerun the same command; training resumes from the last good '
+            f'checkpoint{self._last_good_note()}.')
 
   def _last_good_note(self) -> str:
     good = self._last_good() if os.path.isdir(self.directory) else None
@@ -469,14 +471,14 @@ class CheckpointStore:
       except Exception as e:  # pylint: disable=broad-except
         raise CheckpointError(
             f'checkpoint step {step} in {os.path.join(self.directory, str(step))} '
-            f'cannot be restored: {type(e).__name__}: {e}') from e
+            f'cannot be restored: {errors.describe(e)}') from e
       return state, meta, step
     failures = []
     for candidate in self._candidates():
       try:
         state, meta = self._restore_step(candidate, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        reason = f'{type(e).__name__}: {e}'
+        reason = errors.describe(e)
         logger.warning('Checkpoint step %d in %s cannot be restored (%s); falling '
                        'back to the previous step.', candidate, self.directory, reason)
         failures.append(f'  step {candidate}: {reason}')
@@ -563,6 +565,9 @@ def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
     raise ConfigMismatchError(
         f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
         '--workdir, or restore that file.') from e
+  from mipae_jax import configuration  # A field added since: the value runs used before.
+  for field, value in configuration.ADDED_FIELDS.items():
+    saved.setdefault(field, value)
   requested = _flatten(_config_dict(config))
   missing = '<absent>'
   diffs = []

@@ -156,14 +156,50 @@ def check_config_flags(argv: Sequence[str], flag: str = 'config') -> None:
         parse_value(f'--{flag}.{field}', text, current)
 
 
+class _OneLine:
+  """A logging filter that keeps the first line of a library's error record and drops
+  its traceback: a failed Orbax save logs one traceback per background thread (dozens
+  of them, with TensorStore specs), and the CheckpointError that follows says it all."""
+
+  def filter(self, record) -> bool:
+    if record.exc_info or record.exc_text or '\n' in str(record.msg):
+      record.msg = errors.first_line(record.getMessage(), 400)
+      record.args = ()
+      record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
 def setup_logging() -> None:
   """INFO lines from mipae_jax; only warnings from the libraries (Orbax logs every file
-  at INFO, JAX every backend it did not find)."""
+  at INFO, JAX every backend it did not find), one line each unless `verbose()`."""
   import logging
 
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
-  for name in ('absl', 'jax', 'orbax'):
+  for name in ('absl', 'jax', 'orbax', 'asyncio'):
     logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose():
+      logging.getLogger(name).addFilter(_OneLine())
+  if not verbose():
+    sys.excepthook = _quiet_closed_loop(sys.excepthook)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda u: (None if _closed_loop(u.exc_value) else unraisable(u))
+
+
+def _quiet_closed_loop(hook):
+  """After a failed Orbax save, TensorStore's I/O threads still call back into the
+  save's (closed) asyncio loop, and each callback's RuntimeError is printed through
+  `sys.excepthook` as a traceback of its own. They say nothing the CheckpointError does
+  not; every other exception goes to `hook` unchanged."""
+
+  def quiet(kind, value, tb):
+    if not _closed_loop(value):
+      hook(kind, value, tb)
+
+  return quiet
+
+
+def _closed_loop(value) -> bool:
+  return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
 
 
 def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | None = 'config'

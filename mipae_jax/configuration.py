@@ -22,8 +22,9 @@ REQUIRED_FIELDS = (
     'data.target_frames', 'data.num_objects', 'data.rotation', 'data.path',
     'data.split_seed',
     'model.arch', 'model.nf', 'model.content_dim', 'model.pose_dim', 'model.skips',
+    'model.normalize_pose',
     'model.critic_width', 'model.lstm_hidden', 'model.lstm_layers', 'model.dtype',
-    'loss.name', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
+    'loss.name', 'loss.recon', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
     'optim.lr', 'optim.b1', 'optim.b2', 'optim.eps',
     'lstm_optim.lr', 'lstm_optim.b1', 'lstm_optim.b2', 'lstm_optim.eps',
     'train.ae_steps', 'train.lstm_steps', 'train.log_every', 'train.ckpt_every',
@@ -32,6 +33,23 @@ REQUIRED_FIELDS = (
     'eval.knn_content_mode', 'eval.knn_pose_mode', 'eval.test_videos',
     'eval.future_frames', 'eval.seed',
 )
+
+
+# Fields added after runs were recorded without them, with the value those runs used: a
+# workdir whose config.json lacks one resumes and evaluates as if it held this value.
+ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2'}
+RECON_LOSSES = ('l2', 'l1')
+
+
+def fill_added_fields(config) -> None:
+  """Adds every missing field of ADDED_FIELDS to `config` (in place), at its old value."""
+  for field, value in ADDED_FIELDS.items():
+    *groups, name = field.split('.')
+    node = config
+    for g in groups:
+      node = node[g]
+    if name not in node:
+      node[name] = value
 
 
 def _fail(field: str, found, allowed: str):
@@ -116,6 +134,10 @@ def validate(config, num_devices: int = 1) -> None:
     _positive_int(config, field)
   if m.dtype not in DTYPES:
     _fail('model.dtype', m.dtype, f'one of {DTYPES}')
+  if not isinstance(m.normalize_pose, bool):
+    _fail('model.normalize_pose', m.normalize_pose, 'True or False')
+  if config.loss.recon not in RECON_LOSSES:
+    _fail('loss.recon', config.loss.recon, f'one of {RECON_LOSSES}')
   if config.loss.name not in losses.LOSS_NAMES:
     _fail('loss.name', config.loss.name, f'one of {losses.LOSS_NAMES}')
   for field in ('alpha', 'beta'):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mipae_jax import errors
 from mipae_jax.models import build_models, dcgan_num_blocks, uses_skips
 
 # Published checkpoint names -> mipae_jax names.
@@ -39,8 +40,69 @@ NETWORKS = ('content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm')
 _BN_STATS = ('content_encoder', 'pose_encoder', 'decoder')
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A state_dict that does not fit the configured networks (names or shapes)."""
+
+
+# Published training flags that change what the weights compute, and what mipae_jax does
+# with each: the config field that reproduces it, or None (not implemented: refused).
+PUBLISHED_FLAGS = {
+    'normalize_position': ('model.normalize_pose', True),
+    'recon_loss_type': ('loss.recon', None),  # Its value: 'l2' / 'l1', as loss.recon.
+    'content_lstm': (None, True),
+}
+
+
+def check_published_options(options: Mapping, config) -> None:
+  """Refuses a config that would run published weights differently than they were
+  trained: `options` are the run's flags where the checkpoint records them (a plain
+  dict, e.g. `{'normalize_position': True}`); missing flags are not checked."""
+  for flag, (field, trained) in PUBLISHED_FLAGS.items():
+    if flag not in options:
+      continue
+    value = options[flag]
+    if field is None:
+      if bool(value) == trained:
+        raise ConversionError(
+            f'the checkpoint was trained with the published --{flag}, a variant mipae_jax '
+            'does not implement; its weights cannot be converted.')
+      continue
+    group, name = field.split('.')
+    want = value if trained is None else bool(value)
+    have = config[group][name]
+    if flag == 'normalize_position' and have != want:
+      raise ConversionError(
+          f'the checkpoint was trained with the published --normalize_position={want}: set '
+          f'config.model.normalize_pose={want}, or its pose codes come out wrong (unit '
+          'L2 norm in the published run).')
+    if flag == 'recon_loss_type' and str(value) != str(have):
+      raise ConversionError(
+          f'the checkpoint was trained with the published --recon_loss_type {value}: set '
+          f'config.loss.recon={str(value)!r} to train on from it as it was trained.')
+
+
+def _check_lstm_variant(sd: Mapping, config) -> None:
+  """Names the published LSTM variants mipae_jax does not implement, instead of a
+  missing key: the Gaussian LSTM (mu/logvar heads) and the --content_lstm."""
+  heads = sorted({k.split('.')[0] for k in sd} & {'mu_net', 'logvar_net'})
+  if heads:
+    raise ConversionError(
+        f'lstm: the state_dict has {" and ".join(heads)} heads: it is the published '
+        'Gaussian (stochastic) LSTM, a variant mipae_jax does not implement; only the '
+        'deterministic pose LSTM (embed, lstm.N, output.0) converts.')
+  if 'embed.weight' not in sd or 'output.0.weight' not in sd:
+    some = ', '.join(sorted(sd)[:6])
+    raise ConversionError(
+        f'lstm: keys {some} are not those of the published pose LSTM (embed, lstm.N, '
+        'output.0): a checkpoint of the published --content_lstm or Gaussian LSTM '
+        'variants, which mipae_jax does not implement, cannot be converted.')
+  rows = _as_numpy(sd['output.0.weight']).shape[0]
+  if rows != config.model.pose_dim:
+    raise ConversionError(
+        f'lstm: its output layer predicts {rows} values per step, not the '
+        f'{config.model.pose_dim} of a pose (config.model.pose_dim): a checkpoint of the '
+        'published --content_lstm (which mipae_jax does not implement), or of a run with '
+        'another z_dims (then set config.model.pose_dim).')
 
 
 # ------------------------------------------------------------ Name mapping rules.
@@ -258,6 +320,8 @@ def from_torch_state_dict(state_dicts: Mapping[str, Mapping], config) -> tuple[d
     if net in params:
       raise ConversionError(f'network {net!r} given twice (as {name!r} and an alias).')
     sd = _strip_module_prefix(sd)
+    if net == 'lstm':
+      _check_lstm_variant(sd, config)
     used: set[str] = set()
     p_template, s_template = templates[net]
     params[net] = _convert_tree(net, p_template, sd, config, used)
@@ -274,13 +338,15 @@ def from_torch_state_dict(state_dicts: Mapping[str, Mapping], config) -> tuple[d
   return params, stats
 
 
-def load_torch_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
+def load_torch_checkpoint(path: str, config=None) -> dict[str, dict[str, np.ndarray]]:
   """The network state_dicts of a published checkpoint (`.pth`), as numpy arrays.
 
   Loads with `torch.load(..., weights_only=True)`: only tensors and plain containers are
   unpickled, so a checkpoint from someone else cannot run code. Entries that are not a
   network state_dict (optimiser states, `global_itr`) are dropped. A bare state_dict (of
-  one network) is returned as `{'': state_dict}`.
+  one network) is returned as `{'': state_dict}`. With `config`, a top-level dict of the
+  run's flags (`opt`, `args`, `options`, `config`), where the checkpoint has one, is
+  checked against it (`check_published_options`).
   """
   try:
     import torch
@@ -296,6 +362,10 @@ def load_torch_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
 
   if is_state_dict(ckpt):
     return {'': {k: _as_numpy(v) for k, v in ckpt.items()}}
+  if config is not None:
+    for name in ('opt', 'args', 'options', 'config'):
+      if isinstance(ckpt.get(name), Mapping):
+        check_published_options(ckpt[name], config)
   nets = {name: {k: _as_numpy(t) for k, t in sd.items()}
           for name, sd in ckpt.items() if is_state_dict(sd)
           and ALIASES.get(name, name) in NETWORKS}

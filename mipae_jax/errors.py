@@ -54,3 +54,18 @@ def first_line(text: str, limit: int = 300) -> str:
       line = line.strip()
       return line if len(line) <= limit else line[:limit - 3] + '...'
   return ''
+
+
+def describe(error: BaseException, limit: int = 600) -> str:
+  """`Type: first line` of `error` and of each exception it was raised from, joined by
+  '; caused by ', without TensorStore's spec dump (its useful part, the file and the
+  byte range, is in the cause)."""
+  parts, seen = [], set()
+  e = error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    line = first_line(str(e).split('See full TensorStore details')[0], 300).rstrip(' .')
+    parts.append(f'{type(e).__name__}: {line}' if line else type(e).__name__)
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  text = '; caused by '.join(parts)
+  return text if len(text) <= limit else text[:limit - 3] + '...'

@@ -7,7 +7,7 @@ nothing else.
 
 Convolutions that feed a BatchNorm carry no bias (`use_bias=False`). BatchNorm subtracts
 the per-channel mean, so such a bias never changes an output and its gradient is exactly
-zero: from SPEC's zero init it would stay zero, so leaving it out is the same model. Its
+zero: from a zero init it would stay zero, so leaving it out is the same model. Its
 computed gradient is float-rounding noise, which Adam (dividing by the gradient's own
 scale) turns into full learning-rate steps. The published code's biases drift that way
 and make a run depend on summation order (device count, layout). `mipae_jax.convert`
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# SPEC init: conv and linear weights N(0, 0.02), biases 0; BatchNorm scale N(1, 0.02).
+# docs/method.md section 1: conv/linear weights N(0, 0.02), biases 0; BatchNorm scale N(1, 0.02).
 weight_init = nn.initializers.normal(stddev=0.02)
 
 

@@ -80,13 +80,21 @@ class ContentEncoder(_DCGANEncoder):
     return self.encode(x, train)
 
 
+def l2_normalize(z, eps: float = 1e-12):
+  """`z [B, D] / max(||z||, eps)` per row, as PyTorch's `F.normalize(z, dim=1)`."""
+  return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), eps)
+
+
 class PoseEncoder(_DCGANEncoder):
-  """E_p: `x [B, H, W, C] -> z_p [B, dim]` (tanh-bounded)."""
+  """E_p: `x [B, H, W, C] -> z_p [B, dim]` (tanh-bounded; unit L2 norm if `normalize`,
+  the published `--normalize_position`)."""
   dim: int = 5
+  normalize: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    return self.encode(x, train)[0]
+    z = self.encode(x, train)[0]
+    return l2_normalize(z) if self.normalize else z
 
 
 class Decoder(nn.Module):
@@ -273,6 +281,7 @@ class ResNetPoseEncoder(nn.Module):
   nf: int = 64
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  normalize: bool = False  # Unit L2 norm (the published `--normalize_position`).
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -287,7 +296,8 @@ class ResNetPoseEncoder(nn.Module):
         h = BasicBlock(self.nf * mult, stride, ax, dt, name=f'layer{s + 1}_{j}')(h, train)
     h = layers.conv(self.dim, 3, 1, 'VALID', use_bias=False, dtype=dt, name='conv_out')(h)
     h = layers.batch_norm(train, ax, dt, name='bn_out')(h)
-    return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
+    z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
+    return l2_normalize(z) if self.normalize else z
 
 
 # ----------------------------------------------------------------------- Factory.
@@ -304,12 +314,14 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
   nc, nf = data_config.channels, model_config.nf
   if model_config.arch == 'dcgan':
     ec = ContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
-    ep = PoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    ep = PoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt,
+                     normalize=model_config.normalize_pose)
     dec = Decoder(channels=nc, image_size=data_config.image_size, nf=nf,
                   skips=model_config.skips, axis_name=axis_name, dtype=dt)
   elif model_config.arch == 'vgg':
     ec = VGGContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
-    ep = ResNetPoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt)
+    ep = ResNetPoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt,
+                           normalize=model_config.normalize_pose)
     dec = VGGDecoder(channels=nc, nf=nf, axis_name=axis_name, dtype=dt)
   else:
     raise ValueError(f"config.model.arch must be 'dcgan' or 'vgg'; got {model_config.arch!r}.")

@@ -131,8 +131,8 @@ def make_batch_fn(config, source, mesh, stage: str):
 
   On-device sources sample inside one jitted program whose output is already laid
   out over the devices; host sources (MPI3D) sample with numpy and are then placed.
-  The autoencoder stage draws two batches per iteration (SPEC: the model step uses a
-  new batch); the LSTM stage one.
+  The autoencoder stage draws two batches per iteration (the model step uses a new one,
+  docs/method.md section 2); the LSTM stage one.
 
   Several processes: every process draws the same global batch from the same key
   and keeps the rows of its own devices (on device, the jitted sampler computes only
@@ -494,12 +494,14 @@ def load_config(workdir: str):
         f'{path} not found: {workdir} is not a run directory made by experiments.main.')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      config = ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise errors.WorkdirError(
         f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
         'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
         'original --config and overrides, which rewrites it.') from e
+  configuration.fill_added_fields(config)
+  return config
 
 
 def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False) -> dict:

@@ -27,7 +27,7 @@ def _decode(config, ae_variables, h_c, skips, poses):
 
 
 def rollout_poses(config, lstm_params, h_c, h_p_context, num_future: int):
-  """Pose rollout (SPEC section 3 / paper eq. 7).
+  """Pose rollout (docs/method.md section 3, paper eq. 7).
 
   The LSTM reads the inferred poses of the conditioning frames, then its own
   predictions. Step t (1-based) consumes the pose of frame t-1.

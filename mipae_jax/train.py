@@ -115,8 +115,8 @@ def autoencoder_variables(state: AEState) -> dict:
 
 def _split_batch(batch):
   """`batch` is `{'video': [B, T, H, W, C]}`, optionally with `'critic_video'` (the
-  critic step's own batch, as in SPEC: the model step uses a new batch); a bare array
-  serves both steps."""
+  critic step's own batch: the model step uses a new one, docs/method.md section 2); a bare
+  array serves both steps."""
   if isinstance(batch, dict):
     video = batch['video']
     return batch.get('critic_video', video), video
@@ -177,7 +177,7 @@ class _Nets:
 
 
 def critic_step(state: AEState, video, key, *, config, axis_name: str | None = None):
-  """Critic ascent (SPEC section 2): poses of two random frames, encoder gradients
+  """Critic ascent (docs/method.md section 2): poses of two random frames, encoder gradients
   stopped, joint pairs vs pairs re-matched by a permutation of the global batch.
 
   Args: video `[B, T, H, W, C]` (per device); key for this update.
@@ -223,13 +223,20 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
   h_c_k, h_p_r = lax.stop_gradient(h_c_k), lax.stop_gradient(h_p_r)
   recon, stats = nets.decode(params, stats, h_c, h_p, skips)
   l_sim = losses.global_mean((h_c - h_c_k) ** 2, axis_name)
-  l_recon = losses.global_mean((recon - xk) ** 2, axis_name)
+  per_pixel = jnp.abs(recon - xk) if lc.recon == 'l1' else (recon - xk) ** 2
+  l_recon = losses.global_mean(per_pixel, axis_name)
   t_joint = nets.critic(critic_params, h_p, h_p_r)
   t_marg = nets.critic(critic_params, h_p, _global_negatives(h_p_r, neg_key, axis_name))
   l_mi = losses.model_penalty(lc.name, t_joint, t_marg, lc.smile_clip, axis_name)
   total = l_recon + lc.alpha * l_sim + lc.beta * l_mi
-  return total, (stats, {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim,
-                         'mi_loss': l_mi})
+  terms = {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim, 'mi_loss': l_mi}
+  if per_pixel.shape[-1] > 1:
+    # Per channel (RGB Moving dSprites and MNIST draw object i into channel i): shows an
+    # object the decoder has dropped, which the mean over channels hides.
+    for c in range(per_pixel.shape[-1]):
+      terms[f'recon_loss_ch{c}'] = lax.stop_gradient(
+          losses.global_mean(per_pixel[..., c], axis_name))
+  return total, (stats, terms)
 
 
 def model_step(state: AEState, video, key, *, config, axis_name: str | None = None):
@@ -254,7 +261,7 @@ def model_step(state: AEState, video, key, *, config, axis_name: str | None = No
 
 
 def ae_train_step(state: AEState, batch, key, *, config, axis_name: str | None = None):
-  """One autoencoder iteration: `critic_step`, then `model_step` (SPEC section 2).
+  """One autoencoder iteration: `critic_step`, then `model_step` (docs/method.md section 2).
 
   Args:
     state: `AEState`.
@@ -327,7 +334,7 @@ def lstm_teacher_forced(config, lstm_params, h_c, h_p):
 
 def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
                     axis_name: str | None = None):
-  """One LSTM iteration with teacher forcing (SPEC section 3).
+  """One LSTM iteration with teacher forcing (docs/method.md section 3).
 
   Args:
     state: `LSTMState` (the only thing optimised).

@@ -251,6 +251,8 @@ def test_restore_falls_back_past_corrupt_newest(tmp_path, abstract, states, capl
   assert step == 2 and meta['data_iterator'] == {'epoch': 2}
   assert_trees_equal(restored, states[2])
   assert 'Checkpoint step 3' in caplog.text and 'falling back' in caplog.text
+  # One line each (TensorStore's errors carry a many-line spec of the file it read).
+  assert all('\n' not in r.getMessage() for r in caplog.records)
 
   # An explicit step does not fall back: it names the step and where it failed.
   with pytest.raises(ckpt.CheckpointError) as e:
@@ -336,6 +338,8 @@ def test_real_write_failure_keeps_previous(tmp_path, abstract, states):
   msg = str(e.value)
   assert 'saving checkpoint step 2' in msg and store.directory in msg
   assert 'free disk space' in msg and 'step 1, intact' in msg
+  assert '(OS error 27: File too large)' in msg
+  assert len(msg.splitlines()) == 2, msg  # The failure and the fix; no TensorStore spec.
   store.close()
   store = ckpt.CheckpointStore(workdir, 'ae')
   assert store.all_steps() == [1]

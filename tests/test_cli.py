@@ -164,3 +164,27 @@ def test_damaged_data_files_never_suggest_loading_pickles(tmp_path):
       fn()
     assert 'allow_pickle' not in str(e.value) and 'pickle.load' not in str(e.value)
   json.dumps(str(e.value))  # Plain text.
+
+
+def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
+  """A failed save (the file-size limit refuses the write, as a full disk would): Orbax's
+  threads log their errors in one line each, TensorStore's callbacks stay quiet, and the
+  CheckpointError says what to do; exit status 1 (not bad input)."""
+  import resource
+
+  def limit():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+
+  env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.main', '--config=experiments/configs/tiny.py',
+       f'--workdir={tmp_path}/run'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=180, preexec_fn=limit)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) <= 10, out.stderr
+  assert any(x.startswith('CheckpointError: saving checkpoint step 1') and
+             '(OS error 27: File too large)' in x for x in lines)
+  assert any(x.startswith('To fix: free disk space') for x in lines)

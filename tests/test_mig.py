@@ -1,4 +1,4 @@
-"""MIG estimators against synthetic data with known answers (SPEC sections 5 and 6)."""
+"""MIG estimators against synthetic data with known answers (docs/method.md section 5)."""
 
 import json
 

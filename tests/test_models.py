@@ -155,7 +155,7 @@ def test_lstm_cell_matches_torch_equations():
   np.testing.assert_allclose(out, h_ref, atol=1e-5)
 
 
-def test_initialisation_follows_spec():
+def test_initialisation_follows_the_method_doc():
   params = models.Critic(width=512).init(jax.random.key(0), jnp.ones((1, 5)),
                                          jnp.ones((1, 5)))['params']
   w = np.asarray(params['fc2']['kernel'])

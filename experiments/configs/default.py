@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.content_dim = 128  # Width of z_c (g_dims).
   c.model.pose_dim = 5  # Width of z_p (z_dims).
   c.model.skips = False  # Decoder takes E_c block outputs as skip connections.
+  # z_p scaled to unit L2 norm after the tanh (the published --normalize_position).
+  c.model.normalize_pose = False
   c.model.critic_width = 512  # Hidden width of the critic MLP.
   c.model.lstm_hidden = 256  # Width of the pose LSTM.
   c.model.lstm_layers = 2  # Stacked LSTM cells.
@@ -35,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'mipae'  # mipae | drnet | smile (as published) | smile_song_ermon.
+  c.loss.recon = 'l2'  # L_recon: 'l2' (mean squared error) or 'l1' (--recon_loss_type l1).
   c.loss.alpha = 1.0  # Weight of L_sim.
   c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
   # smile: both critic scores clamped to [-clip, clip] (the published code);

@@ -8,7 +8,7 @@
   images, content, pose = source.sample_static(seed, 100_000)  # For the MIG.
   videos, factors = source.test_videos(seed, 1000)  # Fixed across runs.
 
-See SPEC section 4 and the module docstrings of `dsprites`, `moving_mnist`, `mpi3d`.
+See docs/method.md section 4 and the module docstrings of `dsprites`, `moving_mnist`, `mpi3d`.
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ def uniform_groups(names: tuple[str, ...], ordinal_levels: dict[str, int]):
 def split_combos(num_combos: int, seed: int, test_fraction: float = 1 / 3):
   """Seeded disjoint split of content combinations: `(train_ids, test_ids)`, each sorted.
 
-  One third is held out for test, as in SPEC section 4. Uses numpy's PCG64 so the split is
+  One third is held out for test (docs/method.md section 4). Uses numpy's PCG64 so the split is
   the same on every machine and JAX version.
   """
   perm = np.random.default_rng(np.random.SeedSequence([seed, num_combos])).permutation(

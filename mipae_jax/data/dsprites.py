@@ -193,7 +193,7 @@ def save_contact_sheet(path: str):
 
 
 class MovingDSprites(common.VideoSource):
-  """Moving dSprites videos (SPEC section 4).
+  """Moving dSprites videos (docs/method.md section 4).
 
   Each of `num_objects` sprites draws a (shape, scale, orientation) combination from the
   split's combinations, a start grid position uniform in 32 x 32, an integer velocity

@@ -1,7 +1,7 @@
 """Frame-prediction quality: SSIM and PSNR per future step, under one stated protocol.
 
-SSIM numbers are only comparable under one protocol (SPEC section 6), so it is a constant
-that travels with every result. dm-pix computes the local statistics with a 'valid'
+SSIM numbers are only comparable under one protocol (docs/method.md section 5), so it is a
+constant that travels with every result. dm-pix computes the local statistics with a 'valid'
 Gaussian convolution, so the SSIM map covers the (H - 10) x (W - 10) interior and is
 averaged there (and over channels). scikit-image's `structural_similarity` with
 `gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1` filters the
