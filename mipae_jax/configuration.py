@@ -38,7 +38,7 @@ REQUIRED_FIELDS = (
 # Fields added after runs were recorded without them, with the value those runs used: a
 # workdir whose config.json lacks one resumes and evaluates as if it held this value.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2'}
-RECON_LOSSES = ('l2', 'l1')
+RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
 def fill_added_fields(config) -> None:

@@ -223,7 +223,11 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
   h_c_k, h_p_r = lax.stop_gradient(h_c_k), lax.stop_gradient(h_p_r)
   recon, stats = nets.decode(params, stats, h_c, h_p, skips)
   l_sim = losses.global_mean((h_c - h_c_k) ** 2, axis_name)
-  per_pixel = jnp.abs(recon - xk) if lc.recon == 'l1' else (recon - xk) ** 2
+  if lc.recon == 'bce':  # Binary cross-entropy on the decoder's sigmoid output.
+    p = jnp.clip(recon, 1e-6, 1 - 1e-6)
+    per_pixel = -(xk * jnp.log(p) + (1 - xk) * jnp.log1p(-p))
+  else:
+    per_pixel = jnp.abs(recon - xk) if lc.recon == 'l1' else (recon - xk) ** 2
   l_recon = losses.global_mean(per_pixel, axis_name)
   t_joint = nets.critic(critic_params, h_p, h_p_r)
   t_marg = nets.critic(critic_params, h_p, _global_negatives(h_p_r, neg_key, axis_name))

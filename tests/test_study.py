@@ -129,3 +129,15 @@ def test_refuses_runs_evaluated_differently(finished_study, tmp_path):
   with pytest.raises(ValueError, match=r'eval\.mig_samples differs.*drnet-s1: 999'):
     study.aggregate(copy)
   assert study_cli.main([f'--workdir={copy}', '--aggregate_only']) == 2
+
+
+def test_channel_curves_read_each_channel_of_the_autoencoder_stage(tmp_path):
+  from experiments.studies import channel_curves
+  lines = [{'step': s, 'stage': 'ae', 'recon_loss_ch0': 0.017, 'recon_loss_ch1': 0.01 / s}
+           for s in (100, 200)] + [{'step': 100, 'stage': 'lstm', 'lstm_loss': 1.0}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  c = channel_curves.curves(str(tmp_path))
+  assert c == {'recon_loss_ch0': [(100, 0.017), (200, 0.017)],
+               'recon_loss_ch1': [(100, 1e-4), (200, 5e-5)]}
+  channel_curves.main([f'--out={tmp_path}/c.png', str(tmp_path)])
+  assert (tmp_path / 'c.png').stat().st_size > 0

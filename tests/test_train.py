@@ -212,14 +212,15 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert all(np.isfinite(float(v)) for v in m.values())
 
 
-def test_l1_reconstruction_is_the_published_recon_loss_type_l1():
+def test_reconstruction_losses_l2_l1_and_bce():
   """On an all-zero target the decoder's sigmoid output r is in (0, 1): L2 is mean(r^2),
-  L1 is mean(r), and mean(r)^2 <= mean(r^2) < mean(r) (Jensen), on the same networks."""
+  L1 (the published --recon_loss_type l1) mean(r), BCE mean(-log(1 - r)); so
+  mean(r)^2 <= L2 < L1 < BCE (Jensen, and -log(1 - r) > r), on the same networks."""
   cfg = tiny.get_config()
   st = train.create_train_state(cfg, jax.random.key(0))
   video = jnp.zeros((cfg.batch_size, 4, 32, 32, 3))
   out = {}
-  for recon in ('l2', 'l1'):
+  for recon in ('l2', 'l1', 'bce'):
     cfg.loss.recon = recon
     _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
                                        video, 1, 0, jax.random.key(1), config=cfg)
@@ -227,5 +228,6 @@ def test_l1_reconstruction_is_the_published_recon_loss_type_l1():
     # One term per colour channel (one sprite each), averaging to the loss itself.
     per_channel = [float(terms[f'recon_loss_ch{c}']) for c in range(3)]
     assert np.mean(per_channel) == pytest.approx(out[recon], rel=1e-5)
-  assert out['l1'] ** 2 <= out['l2'] < out['l1']
+  assert out['l1'] ** 2 <= out['l2'] < out['l1'] < out['bce']
   assert out['l1'] == pytest.approx(0.5, abs=0.1)  # A fresh sigmoid decoder is near 0.5.
+  assert out['bce'] == pytest.approx(np.log(2), abs=0.2)

@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'mipae'  # mipae | drnet | smile (as published) | smile_song_ermon.
-  c.loss.recon = 'l2'  # L_recon: 'l2' (mean squared error) or 'l1' (--recon_loss_type l1).
+  # L_recon: 'l2' (mean squared error, the paper's), 'l1' (--recon_loss_type l1) or 'bce'
+  # (binary cross-entropy; not the paper's: see RESULTS.md, two sprites).
+  c.loss.recon = 'l2'
   c.loss.alpha = 1.0  # Weight of L_sim.
   c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
   # smile: both critic scores clamped to [-clip, clip] (the published code);
