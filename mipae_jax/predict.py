@@ -59,7 +59,7 @@ def rollout_poses(config, lstm_params, h_c, h_p_context, num_future: int):
 
 
 def predict_video(config, ae_variables, lstm_params, context, num_future: int):
-  """Predicts `num_future` frames after `context [B, C, H, W, C]`.
+  """Predicts `num_future` frames after `context [B, Tc, H, W, C]` (Tc conditioning frames).
 
   Returns `{'frames': [B, F, H, W, C], 'poses': [B, F, Dp]}` for the future frames.
   """
