@@ -161,8 +161,9 @@ class PoseLSTM(nn.Module):
     h = layers.dense(self.hidden, self.dtype, name='embed')(x)
     new_carry = []
     for i in range(self.num_layers):
-      c, h = layers.LSTMCell(self.hidden, dtype=self.dtype, name=f'lstm{i}')(carry[i], h)
-      new_carry.append(c)
+      layer_carry, h = layers.LSTMCell(self.hidden, dtype=self.dtype,
+                                       name=f'lstm{i}')(carry[i], h)  # ((c, h), h).
+      new_carry.append(layer_carry)
     out = layers.dense(self.pose_dim, self.dtype, name='output')(h)
     return tuple(new_carry), jnp.tanh(out.astype(jnp.float32))
 

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from mipae_jax.data import sharding
 
@@ -39,3 +39,8 @@ def test_to_global_array():
   g = sharding.to_global_array({'x': np.arange(n * 3).reshape(n, 3)}, mesh)
   assert g['x'].shape == (n, 3)
   np.testing.assert_array_equal(np.asarray(g['x']), np.arange(n * 3).reshape(n, 3))
+  # The default axis is the mesh's own: the train steps' 'batch' on parallel's mesh.
+  from mipae_jax import parallel
+  g = sharding.to_global_array({'x': np.zeros((n, 3))}, parallel.local_mesh())
+  assert g['x'].sharding.spec == PartitionSpec(parallel.AXIS)
+  assert len(g['x'].sharding.device_set) == len(jax.devices())

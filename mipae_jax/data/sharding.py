@@ -44,9 +44,11 @@ def host_slice(batch, process_index: int | None = None, process_count: int | Non
   return jax.tree.map(lambda x: x[i * n:(i + 1) * n], batch)
 
 
-def to_global_array(local_batch, mesh: Mesh, axis: str = 'data'):
+def to_global_array(local_batch, mesh: Mesh, axis: str | None = None):
   """Assembles each host's slice `[B / P, ...]` into global arrays `[B, ...]` sharded over
-  the mesh axis `axis`, for steps written as `jit` over a `Mesh`."""
+  the mesh axis `axis` (default: the mesh's first axis, `'batch'` on
+  `parallel.local_mesh()`), for steps written as `jit` over a `Mesh`."""
+  axis = mesh.axis_names[0] if axis is None else axis
   sharding = NamedSharding(mesh, PartitionSpec(axis))
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
