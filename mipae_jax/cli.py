@@ -188,8 +188,8 @@ def setup_logging() -> None:
 def _quiet_closed_loop(hook):
   """After a failed Orbax save, TensorStore's I/O threads still call back into the
   save's (closed) asyncio loop, and each callback's RuntimeError is printed through
-  `sys.excepthook` as a traceback of its own. They say nothing the CheckpointError does
-  not; every other exception goes to `hook` unchanged."""
+  `sys.unraisablehook` (or `sys.excepthook`) as a traceback of its own. They say nothing
+  the CheckpointError does not; every other exception goes to the hook unchanged."""
 
   def quiet(kind, value, tb):
     if not _closed_loop(value):
