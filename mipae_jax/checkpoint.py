@@ -39,12 +39,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mipae_jax import errors
+from mipae_jax import workdir as workdir_lib
 
 logger = logging.getLogger(__name__)
 
 STAGES = ('ae', 'lstm')
 LAST_GOOD = 'LAST_GOOD'
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 _COMMIT_FILE = 'commit_success.txt'  # Orbax's commit marker (both atomicity modes).
 # Keys the store itself puts in the metadata item.
 _RESERVED_METADATA = ('step', 'wall_time', 'stage', 'state_digest')

@@ -44,41 +44,31 @@ class ConversionError(errors.UserError, ValueError):
   """A state_dict that does not fit the configured networks (names or shapes)."""
 
 
-# Published training flags that change what the weights compute, and what mipae_jax does
-# with each: the config field that reproduces it, or None (not implemented: refused).
-PUBLISHED_FLAGS = {
-    'normalize_position': ('model.normalize_pose', True),
-    'recon_loss_type': ('loss.recon', None),  # Its value: 'l2' / 'l1', as loss.recon.
-    'content_lstm': (None, True),
-}
-
-
 def check_published_options(options: Mapping, config) -> None:
   """Refuses a config that would run published weights differently than they were
   trained: `options` are the run's flags where the checkpoint records them (a plain
-  dict, e.g. `{'normalize_position': True}`); missing flags are not checked."""
-  for flag, (field, trained) in PUBLISHED_FLAGS.items():
-    if flag not in options:
-      continue
-    value = options[flag]
-    if field is None:
-      if bool(value) == trained:
-        raise ConversionError(
-            f'the checkpoint was trained with the published --{flag}, a variant mipae_jax '
-            'does not implement; its weights cannot be converted.')
-      continue
-    group, name = field.split('.')
-    want = value if trained is None else bool(value)
-    have = config[group][name]
-    if flag == 'normalize_position' and have != want:
+  dict, e.g. `{'normalize_position': True}`); missing flags are not checked.
+
+  `--normalize_position` is `config.model.normalize_pose`, `--recon_loss_type` is
+  `config.loss.recon`; `--content_lstm` is not implemented, so it is refused.
+  """
+  if options.get('content_lstm'):
+    raise ConversionError(
+        'the checkpoint was trained with the published --content_lstm, a variant mipae_jax '
+        'does not implement; its weights cannot be converted.')
+  if 'normalize_position' in options:
+    want = bool(options['normalize_position'])
+    if config.model.normalize_pose != want:
       raise ConversionError(
           f'the checkpoint was trained with the published --normalize_position={want}: set '
           f'config.model.normalize_pose={want}, or its pose codes come out wrong (unit '
           'L2 norm in the published run).')
-    if flag == 'recon_loss_type' and str(value) != str(have):
+  if 'recon_loss_type' in options:
+    value = str(options['recon_loss_type'])
+    if value != str(config.loss.recon):
       raise ConversionError(
           f'the checkpoint was trained with the published --recon_loss_type {value}: set '
-          f'config.loss.recon={str(value)!r} to train on from it as it was trained.')
+          f'config.loss.recon={value!r} to train on from it as it was trained.')
 
 
 def _check_lstm_variant(sd: Mapping, config) -> None:

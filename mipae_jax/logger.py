@@ -193,12 +193,8 @@ def drop_records_after(workdir: str, stage: str, step: int) -> int:
     else:
       dropped += 1
   if dropped:
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-      f.write(''.join(line + '\n' for line in kept))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from mipae_jax import checkpoint  # Imported here: Orbax only where a run resumes.
+    checkpoint.atomic_write_text(path, ''.join(line + '\n' for line in kept))
   return dropped
 
 

@@ -20,7 +20,7 @@ import socket
 
 from mipae_jax import errors
 
-CONFIG_FILE = 'config.json'  # The mark of a run directory (see checkpoint.record_config).
+CONFIG_FILE = 'config.json'  # A run's config record (checkpoint.record_config): its mark.
 LOCK_FILE = 'run.lock'
 # Files a run directory may hold before its config is recorded: the lock of a run that
 # stopped before writing config.json, and what `experiments.study` writes first.
