@@ -11,15 +11,15 @@ gradient (dX), and prints GFLOP/s (multiply-adds x 2 of that one pass) for:
   input-dilated one for the transposed convolution, as `nn.ConvTranspose` builds), XLA's
   default CPU pipeline (convolutions offloaded to YNNPACK);
 - `xla-eigen`: the same ops compiled with `mipae_jax.compiler.options()`;
-- `mipae_jax`: the layers the models use (`layers.conv4x4_down`,
-  `layers.conv_transpose4x4_up`: custom VJPs) with `mipae_jax.compiler.options()`;
+- `mipae_jax`: the layers the models use (`cpu_kernels.conv4x4_down`,
+  `cpu_kernels.conv_transpose4x4_up`: custom VJPs) with `mipae_jax.compiler.options()`;
 - `torch`: `nn.Conv2d` / `nn.ConvTranspose2d`, channels-last, oneDNN (`--threads`);
   dW and dX by `torch.autograd.grad` over one recorded forward graph.
 
-Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `layers._channel_sum`,
+Then the BatchNorm channel sums: `jnp.sum` over batch and space vs `cpu_kernels.channel_sum`,
 and one training-mode BatchNorm layer (forward and backward) with the one-pass
 E[x^2] - E[x]^2 statistics it used to compute against the corrected two-pass statistics
-of `layers.batch_norm_train` now (one more read of the activation, no lost precision).
+of `cpu_kernels.batch_norm_train` now (one more read of the activation, no lost precision).
 
 On a GPU the compiler options are empty (`xla-eigen` is left out), torch runs on the same
 card (cuDNN) and each timed call waits for it; `--dtype bfloat16` profiles bfloat16
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.run import _median_times, _torch_device
-from mipae_jax import compiler, layers
+from mipae_jax import compiler, cpu_kernels
 
 DOWN = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]  # (in size, in, out)
 UP = [(4, 512, 256), (8, 256, 128), (16, 128, 64), (32, 64, 3)]
@@ -108,7 +108,7 @@ def profile_layer(up: bool, size: int, cin: int, cout: int, batch: int, reps: in
   dy = rng.standard_normal((batch, out_size, out_size, cout), np.float32)
   flops = 2 * batch * 16 * cin * cout * (size * size if up else out_size * out_size)
   xla_fn = _xla_up if up else _xla_down
-  ours = layers.conv_transpose4x4_up if up else layers.conv4x4_down
+  ours = cpu_kernels.conv_transpose4x4_up if up else cpu_kernels.conv4x4_down
   impls = {'xla': (xla_fn, None), 'xla-eigen': (xla_fn, compiler.options()),
            'mipae_jax': (ours, compiler.options())}
   if compiler.options() is None:  # Not on CPU: no options, so xla-eigen would be xla.
@@ -131,7 +131,7 @@ def profile_channel_sums(batch: int, reps: int, dtype: str = 'float32'):
   for size, c in ((32, 64), (16, 128), (8, 256)):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, c)), dtype)
     plain = compiler.jit(lambda a: jnp.sum(a, axis=(0, 1, 2)))
-    ours = compiler.jit(layers._channel_sum)
+    ours = compiler.jit(cpu_kernels.channel_sum)
     np.testing.assert_allclose(np.float32(ours(x)), np.float32(plain(x)), rtol=1e-2, atol=1)
     t = _median_times({'sum': lambda f=plain, x=x: jax.block_until_ready(f(x)),
                        'matvec': lambda f=ours, x=x: jax.block_until_ready(f(x))}, reps)
@@ -147,14 +147,14 @@ def _bn_one_pass(x, scale, bias, epsilon, axis_name):
 
 def _bn_one_pass_fwd(x, scale, bias, epsilon, axis_name):
   count = x.size // x.shape[-1]
-  mean = layers._channel_sum(x) / count
-  var = jnp.maximum(layers._channel_sum(x * x) / count - mean * mean, 0.0)
+  mean = cpu_kernels.channel_sum(x) / count
+  var = jnp.maximum(cpu_kernels.channel_sum(x * x) / count - mean * mean, 0.0)
   rstd = jax.lax.rsqrt(var + epsilon)
   y = (x - mean) * (rstd * scale) + bias
   return (y, mean, var), (x, mean, rstd, scale)
 
 
-_bn_one_pass.defvjp(_bn_one_pass_fwd, layers._bn_bwd)
+_bn_one_pass.defvjp(_bn_one_pass_fwd, cpu_kernels._bn_bwd)
 
 
 def profile_batch_norm(batch: int, reps: int):
@@ -166,7 +166,7 @@ def profile_batch_norm(batch: int, reps: int):
     dy = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
     scale, bias = jnp.ones((c,)), jnp.zeros((c,))
     fns = {}
-    for name, bn in (('one_pass', _bn_one_pass), ('two_pass', layers.batch_norm_train)):
+    for name, bn in (('one_pass', _bn_one_pass), ('two_pass', cpu_kernels.batch_norm_train)):
       f = lambda a, s, b, bn=bn: bn(a, s, b, 1e-5, None)[0]
       step = compiler.jit(lambda a, s, b, g, f=f: jax.vjp(f, a, s, b)[1](g))
       args = (x, scale, bias, dy)
@@ -213,13 +213,13 @@ def main(argv=None):
       print('| ' + ' | '.join(cells) + ' |', flush=True)
     print()
   print('BatchNorm channel sums (ms):')
-  print('| activation | jnp.sum | layers._channel_sum |')
+  print('| activation | jnp.sum | cpu_kernels.channel_sum |')
   print('|---|---|---|')
   for shape, plain, ours in profile_channel_sums(batch, reps, args.dtype):
     print(f'| {shape} | {plain:.2f} | {ours:.2f} |')
   print()
   print('BatchNorm layer, forward + backward (ms):')
-  print('| activation | one-pass E[x^2]-E[x]^2 | layers.batch_norm_train (two-pass) | ratio |')
+  print('| activation | one-pass E[x^2]-E[x]^2 | cpu_kernels.batch_norm_train (two-pass) | ratio |')
   print('|---|---|---|---|')
   for shape, old, new in profile_batch_norm(batch, reps):
     print(f'| {shape} | {old:.2f} | {new:.2f} | {old / new:.2f} |')

@@ -3,7 +3,8 @@
   python -m benchmarks.run            # batch 100, 64x64x3, 15 frames; ~10 min on 2 cores
   python -m benchmarks.run --quick    # fewer repeats, no batch 200; < 3 min
 
-Measures (a) the autoencoder iteration (critic step + model step), (b) the LSTM iteration,
+Measures (a) the autoencoder iteration (critic step + model step), and the same iteration
+under each kernel set of `config.model.kernels` ('xla' against 'cpu'), (b) the LSTM iteration,
 (c) data: sequences/s of the on-device Moving dSprites stream vs the per-sample numpy loop
 (the published Dataset + DataLoader way), (d) data + AE step end to end. Implementations
 alternate run by run and the medians are compared, because the machine may be shared; each
@@ -247,7 +248,8 @@ def main(argv=None, restart: bool = False):
   parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
   parser.add_argument('--reps', type=int, default=0, help='timed rounds (default 5 / 7)')
   parser.add_argument('--no_torch_channels_last', action='store_true')
-  parser.add_argument('--skip', default='', help='comma list of: ae,lstm,data,e2e,sweep')
+  parser.add_argument('--skip', default='',
+                      help='comma list of: ae,kernels,lstm,data,e2e,sweep')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype of both sides; parameters stay float32')
   parser.add_argument('--torch_device', default='auto',
@@ -341,6 +343,23 @@ def main(argv=None, restart: bool = False):
     rates('ae_iteration', _flops(jae.compiled), ae_at_batch[0],
           _torch_flops(lambda: tae.step(tcv, tv)), ae_at_batch[1], jae.compiled,
           jae.compile_s)
+
+  if 'kernels' not in skip:
+    # The two kernel sets of config.model.kernels, same parameters and batch, alternating
+    # round by round: the speed ratio says which set should be 'auto' on this backend.
+    jks = {}
+    for choice in ('xla', 'cpu'):
+      ck = _config(b, args.config, args.dtype)
+      ck.model.kernels = choice
+      jks[choice] = JaxAE(ck, video, critic_video)
+    times = _round_times(jks, reps)
+    med = _medians(times)
+    print(f'ae_iteration by kernel set: xla {med["xla"] * 1e3:.0f} ms (compile '
+          f'{jks["xla"].compile_s:.1f} s) | cpu {med["cpu"] * 1e3:.0f} ms (compile '
+          f'{jks["cpu"].compile_s:.1f} s); auto is {models.kernels_for("auto").name} here')
+    print(f'ratio ae_kernels cpu/xla: {med["xla"] / med["cpu"]:.2f}')
+    spread('ae_kernels', times['xla'], times['cpu'])
+    del jks
 
   if 'lstm' not in skip:
     jl = JaxLSTM(config, video)

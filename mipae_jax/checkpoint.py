@@ -51,8 +51,10 @@ _COMMIT_FILE = 'commit_success.txt'  # Orbax's commit marker (both atomicity mod
 _RESERVED_METADATA = ('step', 'wall_time', 'stage', 'state_digest')
 
 # Config fields (dotted prefixes) that may change when a run is resumed: they set how
-# long to train and how often to log, save and evaluate, not what a step computes.
+# long to train and how often to log, save and evaluate, not what a step computes
+# (model.kernels: how a layer is computed, the same parameters and values either way).
 RESUMABLE_FIELDS = (
+    'model.kernels',
     'train.ae_steps',
     'train.lstm_steps',
     'train.log_every',

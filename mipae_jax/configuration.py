@@ -22,9 +22,9 @@ REQUIRED_FIELDS = (
     'data.target_frames', 'data.num_objects', 'data.rotation', 'data.path',
     'data.split_seed',
     'model.arch', 'model.nf', 'model.content_dim', 'model.pose_dim', 'model.skips',
-    'model.normalize_pose',
+    'model.normalize_pose', 'model.kernels',
     'model.critic_width', 'model.lstm_hidden', 'model.lstm_layers', 'model.dtype',
-    'loss.name', 'loss.recon', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
+    'loss.name', 'loss.recon', 'loss.fg_weight', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
     'optim.lr', 'optim.b1', 'optim.b2', 'optim.eps',
     'lstm_optim.lr', 'lstm_optim.b1', 'lstm_optim.b2', 'lstm_optim.eps',
     'train.ae_steps', 'train.lstm_steps', 'train.log_every', 'train.ckpt_every',
@@ -37,7 +37,10 @@ REQUIRED_FIELDS = (
 
 # Fields added after runs were recorded without them, with the value those runs used: a
 # workdir whose config.json lacks one resumes and evaluates as if it held this value.
-ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2'}
+# 'model.kernels': before the choice existed every run used the CPU kernel set; the field
+# may change on resume (checkpoint.RESUMABLE_FIELDS), so this only keeps the record true.
+ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
+                'model.kernels': 'cpu'}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -136,8 +139,13 @@ def validate(config, num_devices: int = 1) -> None:
     _fail('model.dtype', m.dtype, f'one of {DTYPES}')
   if not isinstance(m.normalize_pose, bool):
     _fail('model.normalize_pose', m.normalize_pose, 'True or False')
+  if m.kernels not in models.KERNEL_CHOICES:
+    _fail('model.kernels', m.kernels, f'one of {models.KERNEL_CHOICES}')
   if config.loss.recon not in RECON_LOSSES:
     _fail('loss.recon', config.loss.recon, f'one of {RECON_LOSSES}')
+  fg = config.loss.fg_weight
+  if isinstance(fg, bool) or not isinstance(fg, (int, float)) or not fg >= 1:
+    _fail('loss.fg_weight', fg, 'a number >= 1 (1 = every pixel weighs the same, the paper)')
   if config.loss.name not in losses.LOSS_NAMES:
     _fail('loss.name', config.loss.name, f'one of {losses.LOSS_NAMES}')
   for field in ('alpha', 'beta'):

@@ -12,11 +12,18 @@ computed gradient is float-rounding noise, which Adam (dividing by the gradient'
 scale) turns into full learning-rate steps. The published code's biases drift that way
 and make a run depend on summation order (device count, layout). `mipae_jax.convert`
 folds a published bias into the running mean that follows it, which is exact.
+
+How a layer is computed is a backend choice, not part of the model: every module takes a
+`Kernels` set, the functions its convolutions and BatchNorm call. `XLA` (here) leaves
+them to XLA's own convolutions and reductions; `mipae_jax.cpu_kernels.CPU` has VJPs of
+its own, measured faster on CPU only. Both give the same parameters and the same values,
+so a checkpoint moves between them (`config.model.kernels`).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -33,109 +40,102 @@ def bn_scale_init(key, shape, dtype=jnp.float32):
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv2d(x, kernel, stride: int, padding):
+  """`x [B, H, W, in]`, `kernel [k, k, in, out]`; `padding` an int (PyTorch's symmetric
+  padding), 'VALID' or explicit pairs."""
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=_DIMS)
+
+
+def conv_valid(x, kernel):
+  return conv2d(x, kernel, 1, 'VALID')
+
+
+# --------------------------------------------------------------- Kernel sets.
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """The functions a network's layers are computed with (one set per backend choice).
+
+  conv4x4_down: `Conv2d(4, stride=2, padding=1)` without bias,
+    `(x [B, 2H, 2W, in], kernel [4, 4, in, out]) -> [B, H, W, out]`.
+  conv_transpose4x4_up: `ConvTranspose2d(4, stride=2, padding=1)` without bias,
+    `(x [B, H, W, in], kernel [4, 4, in, out]) -> [B, 2H, 2W, out]`.
+  add_bias: `(y [..., C], bias [C]) -> y + bias`.
+  batch_norm_train: `(x [..., C], scale [C], bias [C], epsilon, axis_name) ->
+    (y [..., C] in x.dtype, mean [C], biased var [C])`, statistics in float32 over every
+    axis but the last (and over the device axis `axis_name`, when given: SyncBatchNorm).
+  """
+  name: str
+  conv4x4_down: Callable
+  conv_transpose4x4_up: Callable
+  add_bias: Callable
+  batch_norm_train: Callable
+
+
+def _pmean(v, axis_name):
+  return v if axis_name is None else jax.lax.pmean(v, axis_name)
+
+
+def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None):
+  """Training-mode BatchNorm statistics and output, differentiated by XLA (see `Kernels`).
+
+  Corrected two-pass statistics (Chan, Golub & LeVeque 1983), PyTorch's precision:
+  E[x^2] - E[x]^2 in one pass cancels catastrophically in float32 once |mean| >> std. So
+  a first mean m0, then the moments of d = x - m0; the mean is m0 + E[d] and the variance
+  E[d^2] - E[d]^2. Both are exactly invariant to m0, so its gradient is stopped.
+  """
+  x32 = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  m0 = jax.lax.stop_gradient(_pmean(jnp.mean(x32, axes), axis_name))
+  d = x32 - m0
+  mean_d = _pmean(jnp.mean(d, axes), axis_name)
+  mean_d2 = _pmean(jnp.mean(d * d, axes), axis_name)
+  var = jnp.maximum(mean_d2 - mean_d * mean_d, 0.0)
+  y = (d - mean_d) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+  return y.astype(x.dtype), m0 + mean_d, var
+
+
+def conv4x4_down(x, kernel):
+  return conv2d(x, kernel, 2, 1)
+
+
+def conv_transpose4x4_up(x, kernel):
+  """PyTorch's transposed convolution as XLA's input-dilated one: dilate the input by the
+  stride, pad by kernel - 1 - padding = 2 and convolve with the spatially flipped kernel
+  (`[kh, kw, in, out]` is already HWIO)."""
+  return jax.lax.conv_general_dilated(x, kernel[::-1, ::-1], (1, 1), ((2, 2), (2, 2)),
+                                      lhs_dilation=(2, 2), dimension_numbers=_DIMS)
+
+
+def add_bias(y, bias):
+  return y + bias
+
+
+XLA = Kernels(name='xla', conv4x4_down=conv4x4_down,
+              conv_transpose4x4_up=conv_transpose4x4_up, add_bias=add_bias,
+              batch_norm_train=batch_norm_train)
+
+
+# ------------------------------------------------------------------ Modules.
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int | str = 0,
-         use_bias: bool = True, dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
+         use_bias: bool = True, dtype: Dtype = jnp.float32, name: str | None = None,
+         kernels: Kernels = XLA) -> Conv:
   """A convolution with PyTorch's integer padding semantics (see `Conv`)."""
-  return Conv(features, kernel, stride, padding, use_bias, dtype=dtype, name=name)
+  return Conv(features, kernel, stride, padding, use_bias, dtype=dtype, kernels=kernels,
+              name=name)
 
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
   return nn.Dense(features, kernel_init=weight_init, dtype=dtype, name=name)
-
-
-def _channel_sum(a):
-  """`a [..., C] -> [C]`, summed over every other axis.
-
-  Written as a matrix-vector product: XLA:CPU rewrites a plain `sum` over the batch and
-  spatial axes into a tree of reduce-windows that runs 2.5-10x slower than this on
-  BatchNorm-sized activations (measured in `benchmarks/conv_backends.py`).
-  """
-  a = a.reshape(-1, a.shape[-1])
-  return jnp.ones((a.shape[0],), a.dtype) @ a
-
-
-@jax.custom_vjp
-def add_bias(y, bias):
-  """`y [..., C] + bias [C]`, whose bias gradient is a `_channel_sum` (see there)."""
-  return y + bias
-
-
-def _add_bias_fwd(y, bias):
-  return y + bias, None
-
-
-def _add_bias_bwd(_, dy):
-  return dy, _channel_sum(dy.astype(jnp.float32)).astype(dy.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-def _psum_mean(sums, count: int, axis_name):
-  """Per-channel sums on this device -> means over the global batch."""
-  if axis_name is not None:
-    sums = jax.lax.pmean(sums, axis_name)
-  return sums / count
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None):
-  """Training-mode BatchNorm over every axis but the last, with its own VJP.
-
-  `x [..., C]` (any float dtype; statistics in float32), `scale, bias [C]` ->
-  `(y [..., C] in x.dtype, mean [C], var [C])`, `var` the biased batch variance.
-  With `axis_name`, statistics are over the global batch of that device axis (each
-  device holding the same number of rows), so the layer is SyncBatchNorm.
-
-  The backward pass reads `x` and the output cotangent once each for the two channel
-  sums it needs and once more for the input gradient, instead of differentiating the
-  forward graph op by op.
-  """
-  return _bn_fwd(x, scale, bias, epsilon, axis_name)[0]
-
-
-def _bn_fwd(x, scale, bias, epsilon, axis_name):
-  x32 = x.astype(jnp.float32)
-  count = x32.size // x32.shape[-1]
-  # Corrected two-pass statistics (Chan, Golub & LeVeque 1983), PyTorch's precision.
-  # E[x^2] - E[x]^2 in one pass cancels catastrophically in float32 once |mean| >> std
-  # (error ~ eps (mean/std)^2: 1e-3 at a ratio of 10, 0.1 at 100, which photographs'
-  # pixels and deep activations reach). So: a first mean m0, then the sums of the small
-  # d = x - m0; the mean is m0 + E[d] (which also repairs m0's float32 accumulation
-  # error) and the variance E[d^2] - E[d]^2, whose second term is ~eps^2. Every device
-  # shares m0 under SyncBN. The second read of x costs ~15% of an isolated layer
-  # (`benchmarks.conv_backends`), about 1% of a training step.
-  m0 = _psum_mean(_channel_sum(x32), count, axis_name)
-  d = x32 - m0
-  mean_d = _psum_mean(_channel_sum(d), count, axis_name)
-  mean_d2 = _psum_mean(_channel_sum(d * d), count, axis_name)
-  mean = m0 + mean_d
-  var = jnp.maximum(mean_d2 - mean_d * mean_d, 0.0)
-  rstd = jax.lax.rsqrt(var + epsilon)
-  y = (d - mean_d) * (rstd * scale) + bias
-  return (y.astype(x.dtype), mean, var), (x, mean, rstd, scale)
-
-
-def _bn_bwd(epsilon, axis_name, res, cotangents):
-  del epsilon
-  x, mean, rstd, scale = res
-  dy, dmean, dvar = cotangents
-  x32, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
-  count = x32.size // x32.shape[-1]
-  xhat = (x32 - mean) * rstd
-  dbias = _channel_sum(dy)
-  dscale = _channel_sum(dy * xhat)
-  # d/dx of y through the statistics, plus any direct use of the returned mean and var.
-  mean_dy = _psum_mean(dbias, count, axis_name)
-  mean_dy_xhat = _psum_mean(dscale, count, axis_name)
-  dmean = _psum_mean(dmean, count, axis_name)
-  dvar = _psum_mean(dvar, count, axis_name)
-  dx = ((scale * rstd) * (dy - mean_dy - xhat * mean_dy_xhat)
-        + dmean + (2.0 / rstd) * xhat * dvar)
-  return dx.astype(x.dtype), dscale, dbias
-
-
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -152,6 +152,7 @@ class BatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(self, x):
@@ -165,7 +166,8 @@ class BatchNorm(nn.Module):
       rstd = jax.lax.rsqrt(ra_var.value + self.epsilon)
       y = (x.astype(jnp.float32) - ra_mean.value) * (rstd * scale) + bias
       return y.astype(self.dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+    y, mean, var = self.kernels.batch_norm_train(x, scale, bias, self.epsilon,
+                                                 self.axis_name)
     if not self.is_initializing():
       n = x.size // c * (1 if self.axis_name is None else jax.lax.axis_size(self.axis_name))
       unbiased = var * (n / max(n - 1, 1))
@@ -176,173 +178,26 @@ class BatchNorm(nn.Module):
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype = jnp.float32,
-               name: str | None = None) -> BatchNorm:
+               name: str | None = None, kernels: Kernels = XLA) -> BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here).
 
   With `axis_name` set, batch statistics are averaged over that device axis, so a
   data-parallel step normalises exactly as one device holding the global batch would.
   """
   return BatchNorm(use_running_average=not train, axis_name=axis_name if train else None,
-                   dtype=dtype, name=name)
+                   dtype=dtype, kernels=kernels, name=name)
 
 
 def leaky_relu(x):
   return nn.leaky_relu(x, negative_slope=0.2)
 
 
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _conv(x, kernel, stride: int, padding):
-  if isinstance(padding, int):
-    padding = ((padding, padding), (padding, padding))
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=_DIMS)
-
-
-def _conv_valid(x, kernel):
-  return _conv(x, kernel, 1, 'VALID')
-
-
-# ----------------------------------------------------- 4x4 stride-2 (transposed) convs.
-#
-# The DCGAN networks are made of `Conv2d(4, stride=2, padding=1)` and its transpose.
-# XLA:CPU differentiates both badly when left to itself: the input gradient of the
-# strided convolution becomes an input-dilated convolution (2x slower than ours at
-# 32x32), and the transposed convolution's weight gradient runs at 3-13 GFLOP/s against
-# 120-190 here (`benchmarks/conv_backends.py`). The two operations are each other's input
-# gradient, so each gets a custom VJP that computes its input gradient as the other one
-# in its fast form. Both are exact; tests compare values and gradients with XLA's own
-# convolutions.
-
-# Output phase p of the transposed convolution (output row 2m + p) reads input rows
-# (m - 1 + p, m + p) with kernel rows `_PHASE_TAPS[p]`; `_PHASE_PAD[p]` pads the input
-# so that a VALID 2x2 convolution lines the rows up.
-_PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
-_PHASE_PAD = {0: (1, 0), 1: (0, 1)}
-# Kernel row ky of the transposed convolution lands in output phase `p` with input row
-# offset `s` (output row 2m + p reads input row m - s).
-_TAP_PHASE_SHIFT = {0: (1, -1), 1: (0, 0), 2: (1, 0), 3: (0, 1)}
-# Below this many output channels the transposed convolution is one matmul followed by
-# an overlap-add (a 2x2 convolution with 3 output channels wastes most of each SIMD
-# register; the matmul with 16x the output columns does not).
-_COL2IM_MAX_FEATURES = 16
-
-
-def _upconv_by_phases(x, kernel):
-  """Four stride-1 2x2 convolutions, one per output phase, interleaved."""
-  rows = []
-  for py in (0, 1):
-    cols = []
-    for px in (0, 1):
-      k = jnp.stack([jnp.stack([kernel[ky, kx] for kx in _PHASE_TAPS[px]])
-                     for ky in _PHASE_TAPS[py]])
-      xp = jnp.pad(x, ((0, 0), _PHASE_PAD[py], _PHASE_PAD[px], (0, 0)))
-      cols.append(_conv_valid(xp, k))
-    rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(px), C]
-  y = jnp.stack(rows, axis=2)  # [B, H, 2(py), W, 2(px), C]
-  b, h, _, w, _, c = y.shape
-  return y.reshape(b, 2 * h, 2 * w, c)
-
-
-def _shift(a, s: int, axis: int):
-  """`out[i] = a[i - s]` along `axis`, zero where `i - s` is out of range (|s| <= 1)."""
-  if s == 0:
-    return a
-  pad = [(0, 0)] * a.ndim
-  n = a.shape[axis]
-  if s > 0:
-    pad[axis] = (1, 0)
-    return jnp.pad(jax.lax.slice_in_dim(a, 0, n - 1, axis=axis), pad)
-  pad[axis] = (0, 1)
-  return jnp.pad(jax.lax.slice_in_dim(a, 1, n, axis=axis), pad)
-
-
-def _upconv_by_col2im(x, kernel):
-  """One matmul giving every input pixel's 4x4 output patch, then an overlap-add."""
-  b, h, w, c = x.shape
-  o = kernel.shape[-1]
-  patches = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * o))
-  patches = patches.reshape(b, h, w, 4, 4, o)
-  phases = {}
-  for ky in range(4):
-    py, sy = _TAP_PHASE_SHIFT[ky]
-    for kx in range(4):
-      px, sx = _TAP_PHASE_SHIFT[kx]
-      t = _shift(_shift(patches[:, :, :, ky, kx], sy, 1), sx, 2)
-      phases[py, px] = phases[py, px] + t if (py, px) in phases else t
-  y = jnp.stack([jnp.stack([phases[py, px] for px in (0, 1)], axis=3) for py in (0, 1)],
-                axis=2)
-  return y.reshape(b, 2 * h, 2 * w, o)
-
-
-def _upconv(x, kernel):
-  if kernel.shape[-1] < _COL2IM_MAX_FEATURES:
-    return _upconv_by_col2im(x, kernel)
-  return _upconv_by_phases(x, kernel)
-
-
-def _down(x, kernel):
-  return _conv(x, kernel, 2, 1)
-
-
-def _down_kernel_grad(x, kernel, dy):
-  return jax.vjp(lambda k: _down(x, k), kernel)[1](dy)[0]
-
-
-@jax.custom_vjp
-def conv4x4_down(x, kernel):
-  """`Conv2d(in, out, 4, stride=2, padding=1)` without bias.
-
-  `x [B, 2H, 2W, in]`, `kernel [4, 4, in, out]` -> `[B, H, W, out]`. Its input gradient
-  is the transposed convolution with the same kernel, computed by `_upconv`.
-  """
-  return _down(x, kernel)
-
-
-def _down_fwd(x, kernel):
-  return _down(x, kernel), (x, kernel)
-
-
-def _down_bwd(res, dy):
-  x, kernel = res
-  return _upconv(dy, kernel.transpose(0, 1, 3, 2)), _down_kernel_grad(x, kernel, dy)
-
-
-conv4x4_down.defvjp(_down_fwd, _down_bwd)
-
-
-@jax.custom_vjp
-def conv_transpose4x4_up(x, kernel):
-  """`ConvTranspose2d(in, out, 4, stride=2, padding=1)` without bias.
-
-  `x [B, H, W, in]`, `kernel [4, 4, in, out]` (PyTorch's weight `[in, out, kh, kw]`
-  transposed) -> `[B, 2H, 2W, out]`. Its input gradient is the strided convolution with
-  the same kernel; its kernel gradient is that convolution's kernel gradient with the
-  roles of input and output swapped.
-  """
-  return _upconv(x, kernel)
-
-
-def _up_fwd(x, kernel):
-  return _upconv(x, kernel), (x, kernel)
-
-
-def _up_bwd(res, dy):
-  x, kernel = res
-  kt = kernel.transpose(0, 1, 3, 2)
-  return _down(dy, kt), _down_kernel_grad(dy, kt, x).transpose(0, 1, 3, 2)
-
-
-conv_transpose4x4_up.defvjp(_up_fwd, _up_bwd)
-
-
 def _maybe_bias(module: nn.Module, y, use_bias: bool):
-  """`y + bias` with the module's `bias [C]` parameter (its gradient a `_channel_sum`)."""
+  """`y + bias` with the module's `bias [C]` parameter, by the module's kernel set."""
   if not use_bias:
     return y
   bias = module.param('bias', nn.initializers.zeros, (y.shape[-1],))
-  return add_bias(y, bias.astype(y.dtype))
+  return module.kernels.add_bias(y, bias.astype(y.dtype))
 
 
 class Conv(nn.Module):
@@ -350,8 +205,8 @@ class Conv(nn.Module):
 
   Parameters are named and shaped as `nn.Conv`'s (`kernel [k, k, in, out]`, `bias` unless
   `use_bias=False`); `padding` is an int (PyTorch's symmetric padding) or 'VALID'. The
-  DCGAN block's `Conv2d(4, stride=2, padding=1)` runs through `conv4x4_down` (its custom
-  VJP); a bias gradient is a `_channel_sum` (`add_bias`).
+  DCGAN block's `Conv2d(4, stride=2, padding=1)` runs through the kernel set's
+  `conv4x4_down`.
   """
   features: int
   kernel_size: int
@@ -359,6 +214,7 @@ class Conv(nn.Module):
   padding: int | str = 0
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(self, x):
@@ -366,27 +222,26 @@ class Conv(nn.Module):
     kernel = self.param('kernel', weight_init, (k, k, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if (k, self.stride, self.padding) == (4, 2, 1):
-      y = conv4x4_down(x, kernel)
+      y = self.kernels.conv4x4_down(x, kernel)
     else:
-      y = _conv(x, kernel, self.stride, self.padding)
+      y = conv2d(x, kernel, self.stride, self.padding)
     return _maybe_bias(self, y, self.use_bias)
 
 
 class UpConv4x4(nn.Module):
   """`ConvTranspose2d(in, out, 4, stride=2, padding=1)`: `[B, H, W, in] -> [B, 2H, 2W, out]`.
 
-  Computed as four stride-1 2x2 convolutions, one per output phase, then interleaved
-  (or, for few output channels, one matmul and an overlap-add); see
-  `conv_transpose4x4_up`.
+  Computed by the kernel set's `conv_transpose4x4_up`.
   """
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (4, 4, x.shape[-1], self.features))
-    y = conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = self.kernels.conv_transpose4x4_up(x.astype(self.dtype), kernel.astype(self.dtype))
     return _maybe_bias(self, y, self.use_bias)
 
 
@@ -399,6 +254,7 @@ class ProjectUp(nn.Module):
   size: int = 4
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(self, z):
@@ -413,12 +269,13 @@ class ConvTranspose3x3(nn.Module):
   spatially flipped kernel. `[B, H, W, in] -> [B, H, W, out]`."""
   features: int
   dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', weight_init, (3, 3, x.shape[-1], self.features))
     xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = _conv_valid(xp, kernel[::-1, ::-1].astype(self.dtype))
+    y = conv_valid(xp, kernel[::-1, ::-1].astype(self.dtype))
     return _maybe_bias(self, y, True)
 
 

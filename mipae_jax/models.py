@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mipae_jax import layers
+from mipae_jax import cpu_kernels, layers
 from mipae_jax.layers import Dtype
 
 
@@ -37,14 +37,18 @@ class DCGANBlock(nn.Module):
   up: bool = False
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, x, train: bool):
+    kn = self.kernels
     if self.up:
-      x = layers.UpConv4x4(self.features, use_bias=False, dtype=self.dtype, name='conv')(x)
+      x = layers.UpConv4x4(self.features, use_bias=False, dtype=self.dtype, kernels=kn,
+                           name='conv')(x)
     else:
-      x = layers.conv(self.features, 4, 2, 1, use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
+      x = layers.conv(self.features, 4, 2, 1, use_bias=False, dtype=self.dtype, kernels=kn,
+                      name='conv')(x)
+    x = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='bn')(x)
     return layers.leaky_relu(x)
 
 
@@ -54,18 +58,21 @@ class _DCGANEncoder(nn.Module):
   nf: int = 64
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   def encode(self, x, train: bool):
     n = dcgan_num_blocks(x.shape[1])
+    kn = self.kernels
     skips = []
     h = x
     for i in range(n):
       h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
-                     name=f'c{i + 1}')(h, train)
+                     kernels=kn, name=f'c{i + 1}')(h, train)
       skips.append(h)
-    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype,
+    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
                     name=f'c{n + 1}_conv')(h)
-    h = layers.batch_norm(train, self.axis_name, self.dtype, name=f'c{n + 1}_bn')(h)
+    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn,
+                          name=f'c{n + 1}_bn')(h)
     z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
     return z, tuple(skips)
 
@@ -109,26 +116,29 @@ class Decoder(nn.Module):
   skips: bool = False
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, z_c, z_p, skips: Sequence[jax.Array] | None = None,
                train: bool = True):
     n = dcgan_num_blocks(self.image_size)
+    kn = self.kernels
     if self.skips and (skips is None or len(skips) != n):
       raise ValueError(f'Decoder(skips=True) needs the {n} content-encoder block outputs.')
     z = jnp.concatenate([z_c, z_p], axis=-1)
     h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, use_bias=False, dtype=self.dtype,
-                         name='upc1_conv')(z)
-    h = layers.batch_norm(train, self.axis_name, self.dtype, name='upc1_bn')(h)
+                         kernels=kn, name='upc1_conv')(z)
+    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='upc1_bn')(h)
     h = layers.leaky_relu(h)
     for i in range(n - 1):
       if self.skips:
         h = jnp.concatenate([h, skips[n - 1 - i].astype(h.dtype)], axis=-1)
       h = DCGANBlock(self.nf * 2 ** (n - 2 - i), up=True, axis_name=self.axis_name,
-                     dtype=self.dtype, name=f'upc{i + 2}')(h, train)
+                     dtype=self.dtype, kernels=kn, name=f'upc{i + 2}')(h, train)
     if self.skips:
       h = jnp.concatenate([h, skips[0].astype(h.dtype)], axis=-1)
-    h = layers.UpConv4x4(self.channels, dtype=self.dtype, name=f'upc{n + 1}_conv')(h)
+    h = layers.UpConv4x4(self.channels, dtype=self.dtype, kernels=kn,
+                         name=f'upc{n + 1}_conv')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -180,11 +190,14 @@ class VGGLayer(nn.Module):
   features: int
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = layers.batch_norm(train, self.axis_name, self.dtype, name='bn')(x)
+    kn = self.kernels
+    x = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=self.dtype, kernels=kn,
+                    name='conv')(x)
+    x = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='bn')(x)
     return layers.leaky_relu(x)
 
 
@@ -211,21 +224,24 @@ class VGGContentEncoder(nn.Module):
   nf: int = 64
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     _require_64(x, 'VGGContentEncoder')
+    kn = self.kernels
     skips = []
     h = x
     for s, (depth, mult) in enumerate(_VGG_STAGES):
       if s:
         h = _max_pool(h)
       for j in range(depth):
-        h = VGGLayer(self.nf * mult, self.axis_name, self.dtype, name=f'c{s + 1}_{j}')(h, train)
+        h = VGGLayer(self.nf * mult, self.axis_name, self.dtype, kn,
+                     name=f'c{s + 1}_{j}')(h, train)
       skips.append(h)
-    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, name='c5_conv')(
-        _max_pool(h))
-    h = layers.batch_norm(train, self.axis_name, self.dtype, name='c5_bn')(h)
+    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
+                    name='c5_conv')(_max_pool(h))
+    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='c5_bn')(h)
     return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim), tuple(skips)
 
 
@@ -236,19 +252,20 @@ class VGGDecoder(nn.Module):
   nf: int = 64
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, z_c, z_p, skips, train: bool = True):
-    nf, ax, dt = self.nf, self.axis_name, self.dtype
-    h = layers.ProjectUp(8 * nf, 4, use_bias=False, dtype=dt, name='upc1_conv')(
+    nf, ax, dt, kn = self.nf, self.axis_name, self.dtype, self.kernels
+    h = layers.ProjectUp(8 * nf, 4, use_bias=False, dtype=dt, kernels=kn, name='upc1_conv')(
         jnp.concatenate([z_c, z_p], axis=-1))
-    h = layers.leaky_relu(layers.batch_norm(train, ax, dt, name='upc1_bn')(h))
+    h = layers.leaky_relu(layers.batch_norm(train, ax, dt, kernels=kn, name='upc1_bn')(h))
     stages = ((8, 8, 4), (4, 4, 2), (2, 1), (1,))  # widths / nf of each stage's layers.
     for s, widths in enumerate(stages):
       h = jnp.concatenate([_upsample(h), skips[3 - s].astype(h.dtype)], axis=-1)
       for j, mult in enumerate(widths):
-        h = VGGLayer(nf * mult, ax, dt, name=f'upc{s + 2}_{j}')(h, train)
-    h = layers.ConvTranspose3x3(self.channels, dtype=dt, name='upc5_out')(h)
+        h = VGGLayer(nf * mult, ax, dt, kn, name=f'upc{s + 2}_{j}')(h, train)
+    h = layers.ConvTranspose3x3(self.channels, dtype=dt, kernels=kn, name='upc5_out')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -259,18 +276,21 @@ class BasicBlock(nn.Module):
   stride: int = 1
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, x, train: bool):
-    ax, dt = self.axis_name, self.dtype
-    h = layers.conv(self.features, 3, self.stride, 1, use_bias=False, dtype=dt, name='conv1')(x)
-    h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
-    h = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=dt, name='conv2')(h)
-    h = layers.batch_norm(train, ax, dt, name='bn2')(h)
+    ax, dt, kn = self.axis_name, self.dtype, self.kernels
+    h = layers.conv(self.features, 3, self.stride, 1, use_bias=False, dtype=dt, kernels=kn,
+                    name='conv1')(x)
+    h = nn.relu(layers.batch_norm(train, ax, dt, kernels=kn, name='bn1')(h))
+    h = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=dt, kernels=kn,
+                    name='conv2')(h)
+    h = layers.batch_norm(train, ax, dt, kernels=kn, name='bn2')(h)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, self.stride, 0, use_bias=False, dtype=dt,
+      x = layers.conv(self.features, 1, self.stride, 0, use_bias=False, dtype=dt, kernels=kn,
                       name='downsample_conv')(x)
-      x = layers.batch_norm(train, ax, dt, name='downsample_bn')(x)
+      x = layers.batch_norm(train, ax, dt, kernels=kn, name='downsample_bn')(x)
     return nn.relu(h + x)
 
 
@@ -283,25 +303,42 @@ class ResNetPoseEncoder(nn.Module):
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
   normalize: bool = False  # Unit L2 norm (the published `--normalize_position`).
+  kernels: layers.Kernels = layers.XLA
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     _require_64(x, 'ResNetPoseEncoder')
-    ax, dt = self.axis_name, self.dtype
-    h = layers.conv(self.nf, 5, 2, 3, use_bias=False, dtype=dt, name='conv1')(x)
-    h = nn.relu(layers.batch_norm(train, ax, dt, name='bn1')(h))
+    ax, dt, kn = self.axis_name, self.dtype, self.kernels
+    h = layers.conv(self.nf, 5, 2, 3, use_bias=False, dtype=dt, kernels=kn, name='conv1')(x)
+    h = nn.relu(layers.batch_norm(train, ax, dt, kernels=kn, name='bn1')(h))
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, mult in enumerate((1, 2, 4, 8)):
       for j in range(2):
         stride = 2 if (s > 0 and j == 0) else 1
-        h = BasicBlock(self.nf * mult, stride, ax, dt, name=f'layer{s + 1}_{j}')(h, train)
-    h = layers.conv(self.dim, 3, 1, 'VALID', use_bias=False, dtype=dt, name='conv_out')(h)
-    h = layers.batch_norm(train, ax, dt, name='bn_out')(h)
+        h = BasicBlock(self.nf * mult, stride, ax, dt, kn, name=f'layer{s + 1}_{j}')(h, train)
+    h = layers.conv(self.dim, 3, 1, 'VALID', use_bias=False, dtype=dt, kernels=kn,
+                    name='conv_out')(h)
+    h = layers.batch_norm(train, ax, dt, kernels=kn, name='bn_out')(h)
     z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
     return l2_normalize(z) if self.normalize else z
 
 
 # ----------------------------------------------------------------------- Factory.
+
+KERNEL_CHOICES = ('auto', 'xla', 'cpu')
+
+
+def kernels_for(choice: str, backend: str | None = None) -> layers.Kernels:
+  """The kernel set of `config.model.kernels`: 'xla', 'cpu', or 'auto' (the CPU set on
+  the CPU backend, where it was measured faster; XLA's own everywhere else).
+
+  `backend` defaults to `jax.default_backend()`.
+  """
+  if choice not in KERNEL_CHOICES:
+    raise ValueError(f'config.model.kernels must be one of {KERNEL_CHOICES}; got {choice!r}.')
+  if choice == 'auto':
+    choice = 'cpu' if (backend or jax.default_backend()) == 'cpu' else 'xla'
+  return cpu_kernels.CPU if choice == 'cpu' else layers.XLA
 
 
 def build_models(model_config, data_config, axis_name: str | None = None) -> dict:
@@ -309,21 +346,23 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
 
   Returns {'content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm'}. Module
   objects are cheap descriptions; building them per step (with the step's
-  `axis_name`) costs nothing and gives the same parameter trees.
+  `axis_name`) costs nothing and gives the same parameter trees. The kernel set
+  (`model_config.kernels`) changes how layers are computed, never the parameters.
   """
   dt = jnp.dtype(model_config.dtype)
   nc, nf = data_config.channels, model_config.nf
+  kn = kernels_for(model_config.kernels)
+  common = dict(nf=nf, axis_name=axis_name, dtype=dt, kernels=kn)
   if model_config.arch == 'dcgan':
-    ec = ContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
-    ep = PoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt,
-                     normalize=model_config.normalize_pose)
-    dec = Decoder(channels=nc, image_size=data_config.image_size, nf=nf,
-                  skips=model_config.skips, axis_name=axis_name, dtype=dt)
+    ec = ContentEncoder(dim=model_config.content_dim, **common)
+    ep = PoseEncoder(dim=model_config.pose_dim, normalize=model_config.normalize_pose, **common)
+    dec = Decoder(channels=nc, image_size=data_config.image_size, skips=model_config.skips,
+                  **common)
   elif model_config.arch == 'vgg':
-    ec = VGGContentEncoder(dim=model_config.content_dim, nf=nf, axis_name=axis_name, dtype=dt)
-    ep = ResNetPoseEncoder(dim=model_config.pose_dim, nf=nf, axis_name=axis_name, dtype=dt,
-                           normalize=model_config.normalize_pose)
-    dec = VGGDecoder(channels=nc, nf=nf, axis_name=axis_name, dtype=dt)
+    ec = VGGContentEncoder(dim=model_config.content_dim, **common)
+    ep = ResNetPoseEncoder(dim=model_config.pose_dim, normalize=model_config.normalize_pose,
+                           **common)
+    dec = VGGDecoder(channels=nc, **common)
   else:
     raise ValueError(f"config.model.arch must be 'dcgan' or 'vgg'; got {model_config.arch!r}.")
   return {

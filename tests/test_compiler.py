@@ -4,14 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mipae_jax import compiler, layers
+from mipae_jax import compiler, cpu_kernels
 
 
 def _conv_hlo(jit):
   # Large enough for XLA's cost model to offload it (compiled only, never run).
   x = jax.ShapeDtypeStruct((20, 32, 32, 64), jnp.float32)
   k = jax.ShapeDtypeStruct((4, 4, 64, 128), jnp.float32)
-  return jit(layers.conv4x4_down).lower(x, k).compile().as_text()
+  return jit(cpu_kernels.conv4x4_down).lower(x, k).compile().as_text()
 
 
 def test_cpu_convolutions_skip_ynnpack_only_in_our_executables():
@@ -27,5 +27,5 @@ def test_options_do_not_change_results():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 16, 16, 5)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(4, 4, 5, 7)), jnp.float32)
-  np.testing.assert_allclose(compiler.jit(layers.conv4x4_down)(x, k),
-                             jax.jit(layers.conv4x4_down)(x, k), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(compiler.jit(cpu_kernels.conv4x4_down)(x, k),
+                             jax.jit(cpu_kernels.conv4x4_down)(x, k), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mipae_jax import layers, models
+from experiments.configs import dsprites as dsprites_config
+from experiments.configs import mpi3d as mpi3d_config
+from mipae_jax import cpu_kernels, layers, models
 
 
 def n_params(module, *args, **kwargs):
@@ -166,41 +168,98 @@ def test_initialisation_follows_the_method_doc():
   assert abs(scale.mean() - 1) < 0.005 and abs(scale.std() - 0.02) < 0.005
 
 
+KERNEL_SETS = pytest.mark.parametrize('kn', [layers.XLA, cpu_kernels.CPU], ids=['xla', 'cpu'])
+
+
 @pytest.mark.parametrize('fn,out_channels', [
     ('down', 5), ('up', 20), ('up', 3)])  # 'up' with 3: the matmul + overlap-add form.
-def test_custom_vjp_convolutions_match_xla(fn, out_channels):
-  """Values and both gradients of the 4x4 stride-2 layers equal XLA's own ops."""
+def test_kernel_sets_agree_on_convolutions(fn, out_channels):
+  """Values and both gradients of the 4x4 stride-2 layers: the CPU set's custom VJPs
+  equal the XLA set, and the XLA set equals the operation's definition."""
   rng = np.random.default_rng(3)
   size, cin = (8, 4) if fn == 'down' else (4, 6)
   x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(4, 4, cin, out_channels)), jnp.float32)
   dims = ('NHWC', 'HWIO', 'NHWC')
   if fn == 'down':
-    ours = layers.conv4x4_down
+    cpu, xla = cpu_kernels.CPU.conv4x4_down, layers.XLA.conv4x4_down
     ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
                                                     dimension_numbers=dims)
   else:
-    ours = layers.conv_transpose4x4_up
-    # The transposed convolution by definition: input dilation, flipped kernel.
-    ref = lambda x, k: jax.lax.conv_general_dilated(
-        x, k[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-        dimension_numbers=dims)
+    cpu, xla = cpu_kernels.CPU.conv_transpose4x4_up, layers.XLA.conv_transpose4x4_up
+    # The transposed convolution by definition: every input pixel adds its 4x4 patch
+    # x[i, j] * k at output (2i - 1, 2j - 1) (PyTorch's padding 1 crops one on each side).
+    xs, ks = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    full = np.zeros((2, 2 * size + 2, 2 * size + 2, out_channels))
+    for i in range(size):
+      for j in range(size):
+        full[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4] += np.einsum('bc,yxco->byxo', xs[:, i, j], ks)
+    np.testing.assert_allclose(xla(x, k), full[:, 1:-1, 1:-1], rtol=1e-5, atol=1e-4)
+    ref = xla
   probe = jnp.asarray(rng.normal(size=ref(x, k).shape), jnp.float32)
   loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k)) * probe))
-  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
-  got = jax.grad(loss(ours), argnums=(0, 1))(x, k)
   want = jax.grad(loss(ref), argnums=(0, 1))(x, k)
-  for g, w in zip(got, want, strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  for ours in (cpu, xla):
+    np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
+    got = jax.grad(loss(ours), argnums=(0, 1))(x, k)
+    for g, w in zip(got, want, strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def test_batch_norm_matches_numpy_reference():
+@pytest.mark.parametrize('arch', ['dcgan', 'vgg'])
+def test_kernel_sets_share_parameters_and_outputs(arch):
+  """A network built with either kernel set has the same parameter tree, so a checkpoint
+  moves between backends, and computes the same training-mode forward pass, batch
+  statistics and gradients from the same parameters."""
+  cfg = dsprites_config.get_config() if arch == 'dcgan' else mpi3d_config.get_config()
+  cfg.model.nf = 4
+  x = jax.random.uniform(jax.random.key(0), (4, 64, 64, cfg.data.channels))
+  out = {}
+  for choice in ('xla', 'cpu'):
+    cfg.model.kernels = choice
+    nets = models.build_models(cfg.model, cfg.data)
+    ec, dec = nets['content_encoder'], nets['decoder']
+    v = ec.init(jax.random.key(1), x)
+    vd = dec.init(jax.random.key(2), jnp.zeros((4, cfg.model.content_dim)),
+                  jnp.zeros((4, cfg.model.pose_dim)), ec.apply(v, x, train=False)[1])
+
+    def loss(p, pd, v=v, vd=vd, ec=ec, dec=dec):
+      (z, skips), s = ec.apply({**v, 'params': p}, x, mutable=['batch_stats'])
+      r, sd = dec.apply({**vd, 'params': pd}, z, jnp.ones((4, cfg.model.pose_dim)) * 0.1,
+                        skips if models.uses_skips(cfg.model) else None,
+                        mutable=['batch_stats'])
+      return jnp.mean((r - x) ** 2), (z, s, sd)
+
+    (value, aux), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        v['params'], vd['params'])
+    out[choice] = (v, vd, value, aux, g)
+  (v0, vd0, l0, a0, g0), (v1, vd1, l1, a1, g1) = out['xla'], out['cpu']
+  assert jax.tree.structure((v0, vd0)) == jax.tree.structure((v1, vd1))
+  for a, b in zip(jax.tree.leaves((v0, vd0)), jax.tree.leaves((v1, vd1)), strict=True):
+    np.testing.assert_array_equal(a, b)  # Same init: the kernels draw nothing.
+  np.testing.assert_allclose(l0, l1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((a0, g0)), jax.tree.leaves((a1, g1)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def test_auto_kernels_are_the_cpu_set_on_cpu_only():
+  assert models.kernels_for('auto', 'cpu') is cpu_kernels.CPU
+  assert models.kernels_for('auto', 'gpu') is layers.XLA
+  assert models.kernels_for('auto', 'tpu') is layers.XLA
+  assert models.kernels_for('xla', 'cpu') is layers.XLA
+  assert models.kernels_for('cpu', 'gpu') is cpu_kernels.CPU
+  with pytest.raises(ValueError, match="model.kernels must be one of"):
+    models.kernels_for('cudnn')
+
+
+@KERNEL_SETS
+def test_batch_norm_matches_numpy_reference(kn):
   """Train-mode output, all three gradients and the PyTorch-style running statistics."""
   rng = np.random.default_rng(4)
   x = rng.normal(0.5, 2.0, size=(6, 5, 5, 7))
   scale, bias = rng.normal(1.0, 0.1, size=7), rng.normal(0.0, 0.1, size=7)
   probe = rng.normal(size=x.shape)
-  bn = layers.BatchNorm(use_running_average=False)
+  bn = layers.BatchNorm(use_running_average=False, kernels=kn)
   stats = {'mean': np.full(7, 0.3, np.float32), 'var': np.full(7, 2.0, np.float32)}
 
   def loss(x, scale, bias):
@@ -227,8 +286,9 @@ def test_batch_norm_matches_numpy_reference():
   np.testing.assert_allclose(new_stats['var'], 0.9 * 2.0 + 0.1 * var * n / (n - 1), rtol=1e-5)
 
 
+@KERNEL_SETS
 @pytest.mark.parametrize('ratio', [3, 10, 100])
-def test_batch_norm_float32_precision_at_large_mean(ratio):
+def test_batch_norm_float32_precision_at_large_mean(ratio, kn):
   """Inputs with |mean| = ratio x std keep float32 precision, forward and backward.
 
   The one-pass E[x^2] - E[x]^2 statistics were 9e-5 (ratio 3), 1.2e-3 (10) and 8e-2
@@ -239,7 +299,7 @@ def test_batch_norm_float32_precision_at_large_mean(ratio):
   g = rng.standard_normal(x.shape).astype(np.float32)
   scale = (1 + 0.1 * rng.standard_normal(16)).astype(np.float32)
   bias = (0.1 * rng.standard_normal(16)).astype(np.float32)
-  f = lambda x: layers.batch_norm_train(x, scale, bias, 1e-5, None)[0]
+  f = lambda x: kn.batch_norm_train(x, scale, bias, 1e-5, None)[0]
   y, vjp = jax.vjp(f, jnp.asarray(x))
   dx = vjp(jnp.asarray(g))[0]
 
@@ -252,22 +312,23 @@ def test_batch_norm_float32_precision_at_large_mean(ratio):
   assert np.abs(np.asarray(dx).reshape(-1, 16) - dx_ref).max() < 1.5e-5
 
 
-def test_batch_norm_gradient_through_returned_statistics():
-  """The custom VJP also carries cotangents of the returned mean and variance."""
+@KERNEL_SETS
+def test_batch_norm_gradient_through_returned_statistics(kn):
+  """Both sets carry cotangents of the returned mean and variance (the CPU set's VJP)."""
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(40, 3)), jnp.float32)
   s, b = jnp.ones(3), jnp.zeros(3)
-  f = lambda x: jnp.sum(jnp.stack(layers.batch_norm_train(x, s, b, 1e-5, None)[1:]) ** 2)
+  f = lambda x: jnp.sum(jnp.stack(kn.batch_norm_train(x, s, b, 1e-5, None)[1:]) ** 2)
   ref = lambda x: jnp.sum(jnp.stack([x.mean(0), x.var(0)]) ** 2)
   np.testing.assert_allclose(jax.grad(f)(x), jax.grad(ref)(x), rtol=1e-4, atol=1e-6)
 
 
-def test_add_bias_gradient():
+def test_cpu_add_bias_gradient():
   rng = np.random.default_rng(6)
   y = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
   b = jnp.asarray(rng.normal(size=5), jnp.float32)
   probe = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  got = jax.grad(lambda y, b: jnp.sum(jnp.sin(layers.add_bias(y, b)) * probe), (0, 1))(y, b)
+  got = jax.grad(lambda y, b: jnp.sum(jnp.sin(cpu_kernels.add_bias(y, b)) * probe), (0, 1))(y, b)
   want = jax.grad(lambda y, b: jnp.sum(jnp.sin(y + b) * probe), (0, 1))(y, b)
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

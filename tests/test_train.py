@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mipae_jax import parallel, train
+from mipae_jax import configuration, parallel, train
 from mipae_jax.data import sharding
 
 
@@ -231,3 +231,27 @@ def test_reconstruction_losses_l2_l1_and_bce():
   assert out['l1'] ** 2 <= out['l2'] < out['l1'] < out['bce']
   assert out['l1'] == pytest.approx(0.5, abs=0.1)  # A fresh sigmoid decoder is near 0.5.
   assert out['bce'] == pytest.approx(np.log(2), abs=0.2)
+
+
+def test_foreground_weight_scales_lit_pixels_only():
+  """loss.fg_weight = w weighs a pixel's error by 1 + (w - 1) * target: on a target whose
+  channel 0 is all lit and the others black, the weighted L2 is (w e0 + e1 + e2) / 3 for
+  the unweighted per-channel errors e_c, which are logged unchanged."""
+  cfg = tiny.get_config()
+  st = train.create_train_state(cfg, jax.random.key(0))
+  video = jnp.zeros((cfg.batch_size, 4, 32, 32, 3)).at[..., 0].set(1.0)
+
+  def terms_for(w):
+    cfg.loss.fg_weight = w
+    _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
+                                       video, 1, 0, jax.random.key(1), config=cfg)
+    return {k: float(v) for k, v in terms.items()}
+
+  plain, weighted = terms_for(1.0), terms_for(10.0)
+  e = [plain[f'recon_loss_ch{c}'] for c in range(3)]
+  assert [weighted[f'recon_loss_ch{c}'] for c in range(3)] == pytest.approx(e, rel=1e-6)
+  assert plain['recon_loss'] == pytest.approx(np.mean(e), rel=1e-5)
+  assert weighted['recon_loss'] == pytest.approx((10 * e[0] + e[1] + e[2]) / 3, rel=1e-5)
+  cfg.loss.fg_weight = 0.5
+  with pytest.raises(ValueError, match='loss.fg_weight'):
+    configuration.validate(cfg)

@@ -34,12 +34,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.lstm_hidden = 256  # Width of the pose LSTM.
   c.model.lstm_layers = 2  # Stacked LSTM cells.
   c.model.dtype = 'float32'  # Compute dtype (float32 | bfloat16); parameters stay float32.
+  # How layers are computed, never what: 'xla' (XLA's own convolutions and reductions),
+  # 'cpu' (mipae_jax.cpu_kernels, measured faster on CPU) or 'auto' (cpu on CPU only).
+  c.model.kernels = 'auto'
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'mipae'  # mipae | drnet | smile (as published) | smile_song_ermon.
   # L_recon: 'l2' (mean squared error, the paper's), 'l1' (--recon_loss_type l1) or 'bce'
   # (binary cross-entropy; not the paper's: see RESULTS.md, two sprites).
   c.loss.recon = 'l2'
+  # Weight of a pixel's reconstruction error is 1 + (fg_weight - 1) * target, so lit
+  # (foreground) pixels count fg_weight times a black one; 1 = the paper's plain mean.
+  # Not the paper's: see RESULTS.md, two sprites.
+  c.loss.fg_weight = 1.0
   c.loss.alpha = 1.0  # Weight of L_sim.
   c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
   # smile: both critic scores clamped to [-clip, clip] (the published code);
