@@ -36,7 +36,7 @@ def parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', help='config file (as for experiments.main)')
   parser.add_argument('--methods', default='mipae,drnet',
-                      help=f'comma-separated, from {losses.LOSS_NAMES}')
+                      help=f'comma-separated, from {losses.names()}')
   parser.add_argument('--seeds', type=_ints, default=[0, 1, 2])
   parser.add_argument('--workdir', required=True, help='the study directory')
   parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
@@ -48,9 +48,9 @@ def parse(argv):
                  'through to the runs')
   args.overrides = rest
   args.methods = [m for m in args.methods.split(',') if m]
-  unknown = [m for m in args.methods if m not in losses.LOSS_NAMES]
+  unknown = [m for m in args.methods if m not in losses.names()]
   if unknown:
-    parser.error(f'--methods: {unknown} not in {losses.LOSS_NAMES}')
+    parser.error(f'--methods: {unknown} not in {losses.names()}')
   if not args.aggregate_only and not args.config:
     parser.error('--config is required unless --aggregate_only')
   if args.jobs < 1:

@@ -146,14 +146,15 @@ def validate(config, num_devices: int = 1) -> None:
   fg = config.loss.fg_weight
   if isinstance(fg, bool) or not isinstance(fg, (int, float)) or not fg >= 1:
     _fail('loss.fg_weight', fg, 'a number >= 1 (1 = every pixel weighs the same, the paper)')
-  if config.loss.name not in losses.LOSS_NAMES:
-    _fail('loss.name', config.loss.name, f'one of {losses.LOSS_NAMES}')
+  if config.loss.name not in losses.names():
+    _fail('loss.name', config.loss.name, f'one of {losses.names()}')
+  problem = losses.variant(config.loss.name).check(config.loss)
+  if problem:
+    raise errors.ConfigError(problem)
   for field in ('alpha', 'beta'):
     v = config.loss[field]
     if not isinstance(v, (int, float)) or v < 0:
       _fail(f'loss.{field}', v, 'a number >= 0')
-  if not config.loss.smile_clip > 0:
-    _fail('loss.smile_clip', config.loss.smile_clip, 'a number > 0')
   for group in ('optim', 'lstm_optim'):
     o = config[group]
     if not isinstance(o.lr, (int, float)) or o.lr <= 0:

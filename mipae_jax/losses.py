@@ -6,12 +6,19 @@ marginals (poses of different videos). For a critic trained to optimality with t
 Jensen-Shannon (GAN) objective, the score is the log density ratio
 `T* = log p(a, b) / (p(a) p(b))`, which is what lets the bounds below read off MI.
 
+Each loss variant (`config.loss.name`) is one `Variant` in `VARIANTS`: a new bound is a
+function plus one `register` line.
+
 Every reduction takes an optional `axis_name`: inside a data-parallel step the means
 run over the global batch, so the value (and gradient) does not depend on how many
 devices share the batch.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,11 +92,15 @@ def smile_song_ermon_bound(t_joint, t_marg, clip: float = 5.0, axis_name=None):
   return dv_bound(t_joint, jnp.clip(t_marg, -clip, clip), axis_name)
 
 
-def infonce_bound(scores):
-  """InfoNCE `mean_i [s_ii - log mean_j exp(s_ij)]` on a score matrix `[N, N]` whose
-  diagonal holds the joint pairs. Bounded above by log N."""
-  n = scores.shape[0]
-  return jnp.mean(jnp.diag(scores) - jax.nn.logsumexp(scores, axis=1)) + jnp.log(n)
+def infonce_bound(scores, joint_cols=None, axis_name=None):
+  """InfoNCE `mean_i [s_i,c(i) - log mean_j exp(s_ij)]` on a score matrix `[N, M]` whose
+  row i holds its joint pair at column `joint_cols[i]` (default: the diagonal of a square
+  matrix). Bounded above by log M."""
+  n, m = scores.shape
+  if joint_cols is None:
+    joint_cols = jnp.arange(n)
+  joint = jnp.take_along_axis(scores, joint_cols[:, None], axis=1)[:, 0]
+  return global_mean(joint - jax.nn.logsumexp(scores, axis=1), axis_name) + jnp.log(m)
 
 
 def drnet_confusion_loss(t_joint, axis_name=None):
@@ -97,31 +108,116 @@ def drnet_confusion_loss(t_joint, axis_name=None):
   return 0.5 * global_mean(jax.nn.softplus(-t_joint) + jax.nn.softplus(t_joint), axis_name)
 
 
-# 'smile' is the published MIPAE code's SMILE; 'smile_song_ermon' the estimator as its
-# authors define it (both train the critic with the JS objective).
-LOSS_NAMES = ('mipae', 'drnet', 'smile', 'smile_song_ermon')
+# --------------------------------------------------------------- The registry.
 
 
-def critic_loss(name: str, t_joint, t_marg, axis_name=None, smile_clip: float = 5.0):
-  """The loss the critic minimises, for loss variant `name`."""
-  if name == 'smile':  # The published code trains the critic on the clamped scores.
-    return -js_critic_objective(jnp.clip(t_joint, -smile_clip, smile_clip),
-                                jnp.clip(t_marg, -smile_clip, smile_clip), axis_name)
-  if name in ('mipae', 'smile_song_ermon'):
-    return -js_critic_objective(t_joint, t_marg, axis_name)
-  if name == 'drnet':
-    return drnet_critic_loss(t_joint, t_marg, axis_name)
-  raise ValueError(f'config.loss.name must be one of {LOSS_NAMES}; got {name!r}.')
+class Scores(NamedTuple):
+  """A critic's scores on one batch of N pose pairs (per device).
+
+  joint `[N]`: the pairs from one video; marg `[N]`: the same first poses re-paired
+  across the global batch. Variants with `scores='matrix'` also get matrix `[N, M]`:
+  every local first pose against every second pose of the global batch (M rows in all),
+  row i's joint pair at column `joint_cols[i]`.
+  """
+  joint: jax.Array
+  marg: jax.Array
+  matrix: jax.Array | None = None
+  joint_cols: jax.Array | None = None
 
 
-def model_penalty(name: str, t_joint, t_marg, smile_clip: float = 5.0, axis_name=None):
-  """The term the autoencoder minimises (weighted by beta), for loss variant `name`."""
-  if name == 'mipae':
-    return nwj_with_js_critic(t_joint, t_marg, axis_name)
-  if name == 'smile':
-    return smile_bound(t_joint, t_marg, smile_clip, axis_name)
-  if name == 'smile_song_ermon':
-    return smile_song_ermon_bound(t_joint, t_marg, smile_clip, axis_name)
-  if name == 'drnet':
-    return drnet_confusion_loss(t_joint, axis_name)
-  raise ValueError(f'config.loss.name must be one of {LOSS_NAMES}; got {name!r}.')
+def _js_estimate(s: Scores, axis_name=None):
+  return nwj_with_js_critic(s.joint, s.marg, axis_name)
+
+
+def _no_fields(loss_config) -> str | None:
+  del loss_config
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One MI term, selected by `config.loss.name`: how the critic trains and what the
+  autoencoder minimises (weighted by `config.loss.beta`).
+
+  critic_loss, penalty: `(scores: Scores, loss_config, axis_name) -> scalar`; they read
+    their own parameters from `loss_config` (`config.loss`), e.g. `smile_clip`.
+  estimate: `(scores, axis_name) -> scalar`, the critic's MI estimate, logged as
+    `critic_mi` (default: the MIPAE penalty, exact for a JS-optimal critic).
+  scores: 'pairs' (joint and shuffled pairs only) or 'matrix' (also the [N, M] matrix).
+  check: `loss_config -> None | str`, what is wrong with the variant's own parameters.
+  """
+  critic_loss: Callable
+  penalty: Callable
+  estimate: Callable = _js_estimate
+  scores: str = 'pairs'
+  check: Callable = _no_fields
+  doc: str = ''
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(name: str, variant: Variant) -> Variant:
+  """Makes `variant` selectable as `config.loss.name = name` (and in studies' --methods)."""
+  if variant.scores not in ('pairs', 'matrix'):
+    raise ValueError(f"Variant.scores must be 'pairs' or 'matrix'; got {variant.scores!r}.")
+  VARIANTS[name] = variant
+  return variant
+
+
+def names() -> tuple[str, ...]:
+  return tuple(VARIANTS)
+
+
+def variant(name: str) -> Variant:
+  if name not in VARIANTS:
+    raise ValueError(f'config.loss.name must be one of {names()}; got {name!r}.')
+  return VARIANTS[name]
+
+
+def _clip_check(lc):
+  if isinstance(lc.smile_clip, bool) or not lc.smile_clip > 0:
+    return f'config.loss.smile_clip={lc.smile_clip!r} is not allowed: expected a number > 0.'
+  return None
+
+
+def _clamped(s: Scores, lc) -> Scores:
+  c = lc.smile_clip
+  return s._replace(joint=jnp.clip(s.joint, -c, c), marg=jnp.clip(s.marg, -c, c))
+
+
+register('mipae', Variant(
+    critic_loss=lambda s, lc, ax: -js_critic_objective(s.joint, s.marg, ax),
+    penalty=lambda s, lc, ax: nwj_with_js_critic(s.joint, s.marg, ax),
+    doc='JS-trained critic, NWJ penalty at f = T + 1 (the paper).'))
+register('drnet', Variant(
+    critic_loss=lambda s, lc, ax: drnet_critic_loss(s.joint, s.marg, ax),
+    penalty=lambda s, lc, ax: drnet_confusion_loss(s.joint, ax),
+    doc='BCE scene discriminator, confusion term (the DRNET baseline).'))
+# 'smile' is the published MIPAE code's SMILE (the critic also trains on clamped scores);
+# 'smile_song_ermon' the estimator as its authors define it.
+register('smile', Variant(
+    critic_loss=lambda s, lc, ax: -js_critic_objective(*_clamped(s, lc)[:2], ax),
+    penalty=lambda s, lc, ax: smile_bound(s.joint, s.marg, lc.smile_clip, ax),
+    check=_clip_check, doc='DV on scores clamped to [-smile_clip, smile_clip] (published).'))
+register('smile_song_ermon', Variant(
+    critic_loss=lambda s, lc, ax: -js_critic_objective(s.joint, s.marg, ax),
+    penalty=lambda s, lc, ax: smile_song_ermon_bound(s.joint, s.marg, lc.smile_clip, ax),
+    check=_clip_check, doc='DV with only the marginal scores clipped (Song & Ermon).'))
+# Bounds whose critic is trained on the bound itself (MINE-style).
+register('nwj', Variant(
+    critic_loss=lambda s, lc, ax: -nwj_bound(s.joint, s.marg, ax),
+    penalty=lambda s, lc, ax: nwj_bound(s.joint, s.marg, ax),
+    estimate=lambda s, ax: nwj_bound(s.joint, s.marg, ax),
+    doc='NWJ bound, critic trained on it (its optimum is log ratio + 1).'))
+register('dv', Variant(
+    critic_loss=lambda s, lc, ax: -dv_bound(s.joint, s.marg, ax),
+    penalty=lambda s, lc, ax: dv_bound(s.joint, s.marg, ax),
+    estimate=lambda s, ax: dv_bound(s.joint, s.marg, ax),
+    doc='Donsker-Varadhan bound, critic trained on it (MINE without the moving average).'))
+register('infonce', Variant(
+    critic_loss=lambda s, lc, ax: -infonce_bound(s.matrix, s.joint_cols, ax),
+    penalty=lambda s, lc, ax: infonce_bound(s.matrix, s.joint_cols, ax),
+    estimate=lambda s, ax: infonce_bound(s.matrix, s.joint_cols, ax),
+    scores='matrix',
+    doc='InfoNCE over every pair of the global batch (at most log of the global batch).'))

@@ -172,6 +172,31 @@ class _Nets:
   def critic(self, critic_params, a, b):
     return self.m['critic'].apply({'params': critic_params}, a, b)
 
+  def scores(self, critic_params, a, b, neg_key, kind: str, axis_name) -> losses.Scores:
+    return critic_scores(lambda x, y: self.critic(critic_params, x, y), a, b, neg_key, kind,
+                         axis_name)
+
+
+def critic_scores(critic, a, b, neg_key, kind: str = 'pairs',
+                  axis_name: str | None = None) -> losses.Scores:
+  """A critic's `losses.Scores` on joint pairs `(a, b)` (`[B_local, Dp]` each).
+
+  `critic(a, b) -> [...]` scores pairs over any leading shape. 'pairs': the joint pairs
+  and `a` re-paired by one permutation of the global batch (`neg_key`). 'matrix': every
+  `a` against every `b` of the global batch `[B_local, B_global]`, the joint and shuffled
+  pairs read off it (the next row's pose, cyclically, as the shuffled one).
+  """
+  if kind == 'pairs':
+    return losses.Scores(critic(a, b), critic(a, _global_negatives(b, neg_key, axis_name)))
+  full = b if axis_name is None else lax.all_gather(b, axis_name, tiled=True)
+  n, m = a.shape[0], full.shape[0]
+  matrix = critic(jnp.broadcast_to(a[:, None], (n, m, a.shape[-1])),
+                  jnp.broadcast_to(full[None], (n, m, full.shape[-1])))
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * n
+  cols = offset + jnp.arange(n)
+  rows = jnp.arange(n)
+  return losses.Scores(matrix[rows, cols], matrix[rows, (cols + 1) % m], matrix, cols)
+
 
 # ------------------------------------------------------------------ Stage 1 step.
 
@@ -190,14 +215,11 @@ def critic_step(state: AEState, video, key, *, config, axis_name: str | None = N
   a, stats = nets.pose(params, stats, video[:, t1])
   b, stats = nets.pose(params, stats, video[:, t2])
   a, b = lax.stop_gradient(a), lax.stop_gradient(b)
-  b_neg = _global_negatives(b, k_neg, axis_name)
+  variant = losses.variant(config.loss.name)
 
   def objective(critic_params):
-    t_joint = nets.critic(critic_params, a, b)
-    t_marg = nets.critic(critic_params, a, b_neg)
-    loss = losses.critic_loss(config.loss.name, t_joint, t_marg, axis_name,
-                              config.loss.smile_clip)
-    return loss, losses.nwj_with_js_critic(t_joint, t_marg, axis_name)
+    s = nets.scores(critic_params, a, b, k_neg, variant.scores, axis_name)
+    return variant.critic_loss(s, config.loss, axis_name), variant.estimate(s, axis_name)
 
   (loss, mi), grads = jax.value_and_grad(objective, has_aux=True)(state.critic.params)
   grads = _pmean(grads, axis_name)
@@ -235,9 +257,9 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
     l_recon = losses.global_mean((1 + (lc.fg_weight - 1) * xk) * per_pixel, axis_name)
   else:
     l_recon = losses.global_mean(per_pixel, axis_name)
-  t_joint = nets.critic(critic_params, h_p, h_p_r)
-  t_marg = nets.critic(critic_params, h_p, _global_negatives(h_p_r, neg_key, axis_name))
-  l_mi = losses.model_penalty(lc.name, t_joint, t_marg, lc.smile_clip, axis_name)
+  variant = losses.variant(lc.name)
+  s = nets.scores(critic_params, h_p, h_p_r, neg_key, variant.scores, axis_name)
+  l_mi = variant.penalty(s, lc, axis_name)
   total = l_recon + lc.alpha * l_sim + lc.beta * l_mi
   terms = {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim, 'mi_loss': l_mi}
   if per_pixel.shape[-1] > 1:

@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.kernels = 'auto'
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = 'mipae'  # mipae | drnet | smile (as published) | smile_song_ermon.
+  # mipae | drnet | smile (as published) | smile_song_ermon | nwj | dv | infonce
+  # (mipae_jax.losses.VARIANTS; each reads its own fields below).
+  c.loss.name = 'mipae'
   # L_recon: 'l2' (mean squared error, the paper's), 'l1' (--recon_loss_type l1) or 'bce'
   # (binary cross-entropy; not the paper's: see RESULTS.md, two sprites).
   c.loss.recon = 'l2'
