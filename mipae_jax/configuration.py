@@ -8,7 +8,6 @@ import math
 from mipae_jax import data, errors, losses, models
 
 DTYPES = ('float32', 'bfloat16')
-ARCHS = ('dcgan', 'vgg')
 MIG_ESTIMATORS = ('probe', 'paper')
 KNN_MODES = ('discrete', 'continuous')
 
@@ -122,16 +121,11 @@ def validate(config, num_devices: int = 1) -> None:
   if d.input_frames + d.target_frames < 2:
     _fail('data.target_frames', d.target_frames,
           'input_frames + target_frames >= 2 (the model step pairs frame 0 with a later one)')
-  if m.arch not in ARCHS:
-    _fail('model.arch', m.arch, f'one of {ARCHS}')
-  if m.arch == 'dcgan':
-    try:
-      models.dcgan_num_blocks(d.image_size)
-    except ValueError:
-      _fail('data.image_size', d.image_size,
-            'a power of two >= 16 for the dcgan networks (the paper uses 64)')
-  elif d.image_size != 64:
-    _fail('data.image_size', d.image_size, '64 for the vgg (MPI3D) networks')
+  if m.arch not in models.ARCHITECTURES:
+    _fail('model.arch', m.arch, f'one of {tuple(models.ARCHITECTURES)}')
+  problem = models.architecture(m.arch).check(m, d)
+  if problem:
+    raise errors.ConfigError(problem)
   for field in ('model.nf', 'model.content_dim', 'model.pose_dim', 'model.critic_width',
                 'model.lstm_hidden', 'model.lstm_layers'):
     _positive_int(config, field)

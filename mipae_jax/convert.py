@@ -148,14 +148,25 @@ _KINDS = {
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 
+# Published state_dict names per architecture: `(net, config) -> rules` for the three
+# autoencoder networks (the critic and LSTM are shared). A new architecture with a
+# PyTorch counterpart adds its rules here.
+PUBLISHED_NAMES = {
+    'dcgan': lambda net, config: _dcgan_rules(net, dcgan_num_blocks(config.data.image_size)),
+    'vgg': lambda net, config: _vgg_rules(net),
+}
+
+
 def _rules(net: str, config):
   if net == 'critic':
     return _CRITIC_RULES
   if net == 'lstm':
     return _LSTM_RULES
-  if config.model.arch == 'dcgan':
-    return _dcgan_rules(net, dcgan_num_blocks(config.data.image_size))
-  return _vgg_rules(net)
+  if config.model.arch not in PUBLISHED_NAMES:
+    raise ConversionError(
+        f'config.model.arch={config.model.arch!r} has no published PyTorch names to convert '
+        f'from (known: {tuple(PUBLISHED_NAMES)}); add its rules to convert.PUBLISHED_NAMES.')
+  return PUBLISHED_NAMES[config.model.arch](net, config)
 
 
 def torch_key(net: str, jax_path: tuple[str, ...], config) -> tuple[str, object]:

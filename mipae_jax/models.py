@@ -3,6 +3,7 @@
 Frames are `[B, H, W, C]` floats in [0, 1]. Two families:
 - `dcgan` (Moving MNIST, Moving dSprites): `ContentEncoder`, `PoseEncoder`, `Decoder`.
 - `vgg` (MPI3D): `VGGContentEncoder`, `ResNetPoseEncoder`, `VGGDecoder`.
+Each family is an `Architecture` in `ARCHITECTURES` (`register_architecture` adds one).
 Submodule names follow the published PyTorch attribute names (`c1`..`c5`,
 `upc1`..`upc5`, `layer1`..), so checkpoint keys are stable and map one to one.
 A convolution that feeds a BatchNorm has no bias (why: `mipae_jax.layers`).
@@ -10,8 +11,9 @@ A convolution that feeds a BatchNorm has no bias (why: `mipae_jax.layers`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -341,6 +343,69 @@ def kernels_for(choice: str, backend: str | None = None) -> layers.Kernels:
   return cpu_kernels.CPU if choice == 'cpu' else layers.XLA
 
 
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """One `config.model.arch`: its three autoencoder networks.
+
+  build: `(model_config, data_config, common) -> (content_encoder, pose_encoder, decoder)`,
+    where `common` holds the keyword arguments every network takes (nf, axis_name, dtype,
+    kernels).
+  check: `(model_config, data_config) -> None | str`, what about the config (frame size,
+    say) the networks cannot take.
+  takes_skips: `model_config -> bool`, whether the decoder takes E_c's block outputs.
+  """
+  build: Callable
+  check: Callable
+  takes_skips: Callable
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(name: str, arch: Architecture) -> Architecture:
+  """Makes `arch` selectable as `config.model.arch = name`."""
+  ARCHITECTURES[name] = arch
+  return arch
+
+
+def architecture(name: str) -> Architecture:
+  if name not in ARCHITECTURES:
+    raise ValueError(f'config.model.arch must be one of {tuple(ARCHITECTURES)}; got {name!r}.')
+  return ARCHITECTURES[name]
+
+
+def _dcgan_check(model_config, data_config):
+  try:
+    dcgan_num_blocks(data_config.image_size)
+  except ValueError:
+    return (f'config.data.image_size={data_config.image_size!r} is not allowed: expected a '
+            f'power of two >= 16 for the dcgan networks (the paper uses 64).')
+  return None
+
+
+def _vgg_check(model_config, data_config):
+  if data_config.image_size != 64:
+    return (f'config.data.image_size={data_config.image_size!r} is not allowed: expected 64 '
+            f'for the vgg (MPI3D) networks.')
+  return None
+
+
+register_architecture('dcgan', Architecture(
+    build=lambda m, d, common: (
+        ContentEncoder(dim=m.content_dim, **common),
+        PoseEncoder(dim=m.pose_dim, normalize=m.normalize_pose, **common),
+        Decoder(channels=d.channels, image_size=d.image_size, skips=m.skips, **common)),
+    check=_dcgan_check,
+    takes_skips=lambda m: bool(m.skips)))
+register_architecture('vgg', Architecture(
+    build=lambda m, d, common: (
+        VGGContentEncoder(dim=m.content_dim, **common),
+        ResNetPoseEncoder(dim=m.pose_dim, normalize=m.normalize_pose, **common),
+        VGGDecoder(channels=d.channels, **common)),
+    check=_vgg_check,
+    takes_skips=lambda m: True))
+
+
 def build_models(model_config, data_config, axis_name: str | None = None) -> dict:
   """The four autoencoder-stage modules for a config, plus the LSTM.
 
@@ -350,21 +415,9 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
   (`model_config.kernels`) changes how layers are computed, never the parameters.
   """
   dt = jnp.dtype(model_config.dtype)
-  nc, nf = data_config.channels, model_config.nf
-  kn = kernels_for(model_config.kernels)
-  common = dict(nf=nf, axis_name=axis_name, dtype=dt, kernels=kn)
-  if model_config.arch == 'dcgan':
-    ec = ContentEncoder(dim=model_config.content_dim, **common)
-    ep = PoseEncoder(dim=model_config.pose_dim, normalize=model_config.normalize_pose, **common)
-    dec = Decoder(channels=nc, image_size=data_config.image_size, skips=model_config.skips,
-                  **common)
-  elif model_config.arch == 'vgg':
-    ec = VGGContentEncoder(dim=model_config.content_dim, **common)
-    ep = ResNetPoseEncoder(dim=model_config.pose_dim, normalize=model_config.normalize_pose,
-                           **common)
-    dec = VGGDecoder(channels=nc, **common)
-  else:
-    raise ValueError(f"config.model.arch must be 'dcgan' or 'vgg'; got {model_config.arch!r}.")
+  common = dict(nf=model_config.nf, axis_name=axis_name, dtype=dt,
+                kernels=kernels_for(model_config.kernels))
+  ec, ep, dec = architecture(model_config.arch).build(model_config, data_config, common)
   return {
       'content_encoder': ec,
       'pose_encoder': ep,
@@ -376,5 +429,5 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
 
 
 def uses_skips(model_config) -> bool:
-  """VGG decoders always take skips; DCGAN decoders when configured."""
-  return model_config.arch == 'vgg' or bool(model_config.skips)
+  """Whether the decoder takes skips: VGG decoders always, DCGAN decoders when configured."""
+  return architecture(model_config.arch).takes_skips(model_config)

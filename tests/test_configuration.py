@@ -41,7 +41,7 @@ def edit(**changes):
     ({'data__name': 'kth'}, 1, r'config\.data\.name: expected one of'),
     ({'loss__name': 'infogan'}, 1,
      r"config\.loss\.name='infogan' .* one of \('mipae', 'drnet', 'smile', "
-     r"'smile_song_ermon'\)"),
+     r"'smile_song_ermon', 'nwj', 'dv', 'infonce'\)"),
     ({'model__arch': 'unet'}, 1, r"config\.model\.arch='unet' .* one of \('dcgan', 'vgg'\)"),
     ({'model__pose_dim': 0}, 1, r'config\.model\.pose_dim=0 .* positive integer'),
     ({'model__nf': -8}, 1, r'config\.model\.nf=-8 .* positive integer'),

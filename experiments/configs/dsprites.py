@@ -1,15 +1,16 @@
 """The paper's Moving dSprites setting. Variants: `dsprites.py:mipae` (default),
-`dsprites.py:drnet` (the DRNET baseline), `dsprites.py:smile`."""
+`dsprites.py:drnet` (the DRNET baseline), `dsprites.py:smile`, or any other loss variant
+(`mipae_jax.losses.VARIANTS`)."""
 
 from experiments.configs import default
-from mipae_jax.losses import LOSS_NAMES
+from mipae_jax import losses
 
 
 def with_loss(c, arg):
   """Sets config.loss.name from the `path.py:variant` suffix."""
   name = arg or 'mipae'
-  if name not in LOSS_NAMES:
-    raise ValueError(f'config variant {name!r}: expected one of {LOSS_NAMES}.')
+  if name not in losses.names():
+    raise ValueError(f'config variant {name!r}: expected one of {losses.names()}.')
   c.loss.name = name
   return c
 
