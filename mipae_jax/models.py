@@ -428,6 +428,63 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The networks of one config, built once (`networks(config)`), with the calls every
+  stage makes. Variables are `{'params': ..., 'batch_stats': ...}` trees keyed by network
+  name (`AE_PARTS`), as `train.AEState` and `train.autoencoder_variables` hold them.
+
+  `train=True` calls return the updated BatchNorm statistics with the output; inference
+  calls (`train=False`) use the running statistics and return the output alone.
+  """
+  content_encoder: nn.Module
+  pose_encoder: nn.Module
+  decoder: nn.Module
+  critic: nn.Module
+  lstm: nn.Module
+  takes_skips: bool
+
+  def _apply(self, name, params, stats, *args, train: bool):
+    variables = {'params': params[name], 'batch_stats': stats[name]}
+    module = getattr(self, name)
+    if not train:
+      return module.apply(variables, *args, train=False)
+    out, upd = module.apply(variables, *args, train=True, mutable=['batch_stats'])
+    return out, {**stats, name: upd['batch_stats']}
+
+  def content(self, params, stats, x, train: bool = False):
+    """`x [B, H, W, C]` -> `(z_c [B, Dc], skips)` (and the new stats if `train`)."""
+    return self._apply('content_encoder', params, stats, x, train=train)
+
+  def pose(self, params, stats, x, train: bool = False):
+    """`x [B, H, W, C]` -> `z_p [B, Dp]` (and the new stats if `train`)."""
+    return self._apply('pose_encoder', params, stats, x, train=train)
+
+  def decode(self, params, stats, z_c, z_p, skips, train: bool = False):
+    """`(z_c [B, Dc], z_p [B, Dp], skips)` -> frames `[B, H, W, C]`; skips are dropped
+    unless the decoder takes them."""
+    return self._apply('decoder', params, stats, z_c, z_p,
+                       skips if self.takes_skips else None, train=train)
+
+  def score(self, critic_params, a, b):
+    """Critic scores of pose pairs `a, b [..., Dp]` -> `[...]`."""
+    return self.critic.apply({'params': critic_params}, a, b)
+
+  def lstm_step(self, lstm_params, carry, x):
+    """One pose-LSTM step: `x [B, Dp + Dc]` -> `(carry, pose [B, Dp])`."""
+    return self.lstm.apply({'params': lstm_params}, carry, x)
+
+
+AE_PARTS = ('content_encoder', 'pose_encoder', 'decoder')
+
+
+def networks(config, axis_name: str | None = None) -> Networks:
+  """The `Networks` of a run config (`axis_name`: the device axis of a data-parallel
+  train step, for SyncBatchNorm)."""
+  m = build_models(config.model, config.data, axis_name)
+  return Networks(**m, takes_skips=uses_skips(config.model))
+
+
 def uses_skips(model_config) -> bool:
   """Whether the decoder takes skips: VGG decoders always, DCGAN decoders when configured."""
   return architecture(model_config.arch).takes_skips(model_config)

@@ -1,28 +1,93 @@
-"""Inference with trained networks: pose rollout, frame prediction, reconstructions and
-analogies. Every function is pure and jit-compatible (`config` static); BatchNorm runs
-in inference mode."""
+"""Inference with trained networks: frozen encoding, the pose LSTM's teacher-forced pass
+and rollout (one scan), frame prediction, reconstructions and analogies. Every function
+is pure and jit-compatible (`config` static); BatchNorm runs in inference mode.
+
+Training imports from here (the LSTM stage encodes videos and runs the LSTM the same
+way), never the other way round.
+"""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mipae_jax import compiler
-from mipae_jax.models import build_models, uses_skips
-from mipae_jax.train import encode_video
+from mipae_jax import compiler, models
+
+
+def encode_video(config, ae_variables, video, content_frame: int):
+  """Frozen encodings of a video batch (BatchNorm in inference mode).
+
+  Args:
+    video: `[B, T, H, W, C]`.
+    content_frame: the frame whose content conditions the LSTM.
+  Returns:
+    (h_c [B, Dc], skips of that frame, h_p [B, T, Dp]).
+  """
+  nets = models.networks(config)
+  p, s = ae_variables['params'], ae_variables['batch_stats']
+  h_c, skips = nets.content(p, s, video[:, content_frame])
+  pose = lambda x: nets.pose(p, s, x)
+  if jax.default_backend() == 'cpu':
+    # One frame index at a time (`lax.map`, a loop in the program): activations of B
+    # frames instead of B*T (0.4 GB at B=100) are smaller buffers to allocate and stay
+    # closer to cache. On a 2-core CPU the compiled LSTM step took 1.9-2.0 s this way
+    # against 2.44 s with one batch of B*T in one A/B, within noise of it in later ones.
+    # Accelerators want the one large batch. BatchNorm is in inference mode: the
+    # numbers are the same.
+    h_p = jnp.swapaxes(lax.map(pose, jnp.swapaxes(video, 0, 1)), 0, 1)
+  else:
+    b, t = video.shape[:2]
+    h_p = pose(video.reshape((b * t,) + video.shape[2:])).reshape(b, t, -1)
+  return h_c, skips, h_p
+
+
+def lstm_poses(config, lstm_params, h_c, h_p_given, num_free: int = 0):
+  """The pose LSTM over a sequence: one step per given pose, then `num_free` steps that
+  each read the previous prediction (the teacher-forced pass and the rollout are this
+  one function).
+
+  Args:
+    h_c: content `[B, Dc]`, concatenated to every step's input.
+    h_p_given: poses `[B, G, Dp]` fed at steps 1..G.
+    num_free: further steps fed the LSTM's own output.
+  Returns:
+    `[B, G + num_free, Dp]`: the prediction of each step (step t predicts frame t).
+  """
+  nets = models.networks(config)
+  apply = lambda carry, pose: nets.lstm_step(lstm_params, carry,
+                                             jnp.concatenate([pose, h_c], axis=-1))
+  carry, given = lax.scan(apply, nets.lstm.initial_carry(h_c.shape[0]),
+                          jnp.swapaxes(h_p_given, 0, 1))
+  preds = [jnp.swapaxes(given, 0, 1)]
+  if num_free:
+    def free_run(state, _):
+      carry, pose = state
+      carry, pose = apply(carry, pose)
+      return (carry, pose), pose
+
+    _, free = lax.scan(free_run, (carry, given[-1]), None, length=num_free)
+    preds.append(jnp.swapaxes(free, 0, 1))
+  return jnp.concatenate(preds, axis=1)
+
+
+def lstm_teacher_forced(config, lstm_params, h_c, h_p):
+  """Teacher-forced pose predictions: `pred[:, t-1] = L(concat(h_p[:, t-1], h_c))`.
+
+  Args: h_c `[B, Dc]`, h_p `[B, T, Dp]`. Returns `[B, T-1, Dp]` (predictions of 1..T-1).
+  """
+  return lstm_poses(config, lstm_params, h_c, h_p[:, :-1])
 
 
 def _decode(config, ae_variables, h_c, skips, poses):
   """Frames for each pose of a sequence: `h_c [B, Dc]`, `poses [B, S, Dp]` ->
   `[B, S, H, W, C]`, every frame decoded with the same content (and skips)."""
-  dec = build_models(config.model, config.data)['decoder']
+  nets = models.networks(config)
   b, s = poses.shape[:2]
   rep = lambda x: jnp.repeat(x, s, axis=0)  # [B, ...] -> [B * S, ...], video-major.
-  frames = dec.apply(
-      {'params': ae_variables['params']['decoder'],
-       'batch_stats': ae_variables['batch_stats']['decoder']},
-      rep(h_c), poses.reshape(b * s, -1),
-      [rep(x) for x in skips] if uses_skips(config.model) else None, train=False)
+  frames = nets.decode(ae_variables['params'], ae_variables['batch_stats'], rep(h_c),
+                       poses.reshape(b * s, -1),
+                       [rep(x) for x in skips] if nets.takes_skips else None)
   return frames.reshape((b, s) + frames.shape[1:])
 
 
@@ -40,22 +105,7 @@ def rollout_poses(config, lstm_params, h_c, h_p_context, num_future: int):
     `[B, C - 1 + num_future, Dp]`: predicted poses of frames 1 .. C + num_future - 1
     (the first C - 1 are teacher-forced one-step predictions of known frames).
   """
-  lstm = build_models(config.model, config.data)['lstm']
-  apply = lambda carry, pose: lstm.apply({'params': lstm_params}, carry,
-                                         jnp.concatenate([pose, h_c], axis=-1))
-  carry, known = lax.scan(apply, lstm.initial_carry(h_c.shape[0]),
-                          jnp.swapaxes(h_p_context, 0, 1))
-  preds = [jnp.swapaxes(known, 0, 1)]  # frames 1 .. C
-
-  if num_future > 1:
-    def free_run(state, _):
-      carry, pose = state
-      carry, pose = apply(carry, pose)
-      return (carry, pose), pose
-
-    _, future = lax.scan(free_run, (carry, known[-1]), None, length=num_future - 1)
-    preds.append(jnp.swapaxes(future, 0, 1))  # frames C + 1 .. C + num_future - 1
-  return jnp.concatenate(preds, axis=1)
+  return lstm_poses(config, lstm_params, h_c, h_p_context, num_future - 1)
 
 
 def predict_video(config, ae_variables, lstm_params, context, num_future: int):

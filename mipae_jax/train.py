@@ -22,10 +22,8 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from mipae_jax import losses
-from mipae_jax.models import build_models, uses_skips
-
-AE_PARTS = ('content_encoder', 'pose_encoder', 'decoder')
+from mipae_jax import losses, models, predict
+from mipae_jax.models import AE_PARTS  # noqa: F401  (train.AE_PARTS, as before)
 
 
 @flax.struct.dataclass
@@ -67,16 +65,15 @@ def _frame_shape(config):
 
 def init_autoencoder_variables(config, key) -> tuple[dict, dict, dict]:
   """Initial (params, batch_stats) of E_c, E_p, D and the critic's params."""
-  m = build_models(config.model, config.data)
+  m = models.networks(config)
   k_c, k_p, k_d, k_crit = jax.random.split(key, 4)
   x = jnp.zeros(_frame_shape(config), jnp.float32)
-  v_c = m['content_encoder'].init(k_c, x, train=False)
-  (z_c, skips) = m['content_encoder'].apply(v_c, x, train=False)
-  v_p = m['pose_encoder'].init(k_p, x, train=False)
+  v_c = m.content_encoder.init(k_c, x, train=False)
+  (z_c, skips) = m.content_encoder.apply(v_c, x, train=False)
+  v_p = m.pose_encoder.init(k_p, x, train=False)
   z_p = jnp.zeros((1, config.model.pose_dim), jnp.float32)
-  v_d = m['decoder'].init(k_d, z_c, z_p, skips if uses_skips(config.model) else None,
-                          train=False)
-  v_crit = m['critic'].init(k_crit, z_p, z_p)
+  v_d = m.decoder.init(k_d, z_c, z_p, skips if m.takes_skips else None, train=False)
+  v_crit = m.critic.init(k_crit, z_p, z_p)
   params = {'content_encoder': v_c['params'], 'pose_encoder': v_p['params'],
             'decoder': v_d['params']}
   stats = {'content_encoder': v_c['batch_stats'], 'pose_encoder': v_p['batch_stats'],
@@ -98,7 +95,7 @@ def create_train_state(config, key) -> AEState:
 
 def create_lstm_state(config, key) -> LSTMState:
   """Fresh pose-LSTM state; its input is concat(pose, content)."""
-  lstm = build_models(config.model, config.data)['lstm']
+  lstm = models.networks(config).lstm
   x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
   params = jax.jit(lstm.init)(key, lstm.initial_carry(1), x)['params']
   return LSTMState(step=jnp.zeros((), jnp.int32),
@@ -143,40 +140,6 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
-class _Nets:
-  """Applies the three autoencoder networks in train mode, threading BatchNorm
-  statistics through the calls in the order they happen."""
-
-  def __init__(self, config, axis_name):
-    self.m = build_models(config.model, config.data, axis_name)
-    self.skips = uses_skips(config.model)
-
-  def content(self, params, stats, x):
-    (z, skips), upd = self.m['content_encoder'].apply(
-        {'params': params['content_encoder'], 'batch_stats': stats['content_encoder']},
-        x, train=True, mutable=['batch_stats'])
-    return z, skips, {**stats, 'content_encoder': upd['batch_stats']}
-
-  def pose(self, params, stats, x):
-    z, upd = self.m['pose_encoder'].apply(
-        {'params': params['pose_encoder'], 'batch_stats': stats['pose_encoder']},
-        x, train=True, mutable=['batch_stats'])
-    return z, {**stats, 'pose_encoder': upd['batch_stats']}
-
-  def decode(self, params, stats, z_c, z_p, skips):
-    x, upd = self.m['decoder'].apply(
-        {'params': params['decoder'], 'batch_stats': stats['decoder']},
-        z_c, z_p, skips if self.skips else None, train=True, mutable=['batch_stats'])
-    return x, {**stats, 'decoder': upd['batch_stats']}
-
-  def critic(self, critic_params, a, b):
-    return self.m['critic'].apply({'params': critic_params}, a, b)
-
-  def scores(self, critic_params, a, b, neg_key, kind: str, axis_name) -> losses.Scores:
-    return critic_scores(lambda x, y: self.critic(critic_params, x, y), a, b, neg_key, kind,
-                         axis_name)
-
-
 def critic_scores(critic, a, b, neg_key, kind: str = 'pairs',
                   axis_name: str | None = None) -> losses.Scores:
   """A critic's `losses.Scores` on joint pairs `(a, b)` (`[B_local, Dp]` each).
@@ -208,17 +171,18 @@ def critic_step(state: AEState, video, key, *, config, axis_name: str | None = N
   Args: video `[B, T, H, W, C]` (per device); key for this update.
   Returns: (state with a new critic and pose-encoder BatchNorm statistics, metrics).
   """
-  nets = _Nets(config, axis_name)
+  nets = models.networks(config, axis_name)
   k_t, k_neg = jax.random.split(key)
   t1, t2 = jax.random.randint(k_t, (2,), 0, video.shape[1])
   params, stats = state.model.params, state.batch_stats
-  a, stats = nets.pose(params, stats, video[:, t1])
-  b, stats = nets.pose(params, stats, video[:, t2])
+  a, stats = nets.pose(params, stats, video[:, t1], train=True)
+  b, stats = nets.pose(params, stats, video[:, t2], train=True)
   a, b = lax.stop_gradient(a), lax.stop_gradient(b)
   variant = losses.variant(config.loss.name)
 
   def objective(critic_params):
-    s = nets.scores(critic_params, a, b, k_neg, variant.scores, axis_name)
+    s = critic_scores(functools.partial(nets.score, critic_params), a, b, k_neg,
+                      variant.scores, axis_name)
     return variant.critic_loss(s, config.loss, axis_name), variant.estimate(s, axis_name)
 
   (loss, mi), grads = jax.value_and_grad(objective, has_aux=True)(state.critic.params)
@@ -236,14 +200,14 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
   `E_c(x[k])` and `E_p(x[r])` are targets: their gradients are stopped.
   """
   lc = config.loss
-  nets = _Nets(config, axis_name)
+  nets = models.networks(config, axis_name)
   x0, xk, xr = video[:, 0], video[:, k], video[:, r]
-  h_c, skips, stats = nets.content(params, stats, x0)
-  h_c_k, _, stats = nets.content(params, stats, xk)
-  h_p, stats = nets.pose(params, stats, xk)
-  h_p_r, stats = nets.pose(params, stats, xr)
+  (h_c, skips), stats = nets.content(params, stats, x0, train=True)
+  (h_c_k, _), stats = nets.content(params, stats, xk, train=True)
+  h_p, stats = nets.pose(params, stats, xk, train=True)
+  h_p_r, stats = nets.pose(params, stats, xr, train=True)
   h_c_k, h_p_r = lax.stop_gradient(h_c_k), lax.stop_gradient(h_p_r)
-  recon, stats = nets.decode(params, stats, h_c, h_p, skips)
+  recon, stats = nets.decode(params, stats, h_c, h_p, skips, train=True)
   l_sim = losses.global_mean((h_c - h_c_k) ** 2, axis_name)
   if lc.recon == 'bce':  # Binary cross-entropy on the decoder's sigmoid output.
     p = jnp.clip(recon, 1e-6, 1 - 1e-6)
@@ -258,7 +222,8 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
   else:
     l_recon = losses.global_mean(per_pixel, axis_name)
   variant = losses.variant(lc.name)
-  s = nets.scores(critic_params, h_p, h_p_r, neg_key, variant.scores, axis_name)
+  s = critic_scores(functools.partial(nets.score, critic_params), h_p, h_p_r, neg_key,
+                    variant.scores, axis_name)
   l_mi = variant.penalty(s, lc, axis_name)
   total = l_recon + lc.alpha * l_sim + lc.beta * l_mi
   terms = {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim, 'mi_loss': l_mi}
@@ -316,54 +281,6 @@ def ae_train_step(state: AEState, batch, key, *, config, axis_name: str | None =
 # ------------------------------------------------------------------ Stage 2 step.
 
 
-def encode_video(config, ae_variables, video, content_frame: int):
-  """Frozen encodings of a video batch (BatchNorm in inference mode).
-
-  Args:
-    video: `[B, T, H, W, C]`.
-    content_frame: the frame whose content conditions the LSTM.
-  Returns:
-    (h_c [B, Dc], skips of that frame, h_p [B, T, Dp]).
-  """
-  m = build_models(config.model, config.data)
-  p, s = ae_variables['params'], ae_variables['batch_stats']
-  h_c, skips = m['content_encoder'].apply(
-      {'params': p['content_encoder'], 'batch_stats': s['content_encoder']},
-      video[:, content_frame], train=False)
-  pose = functools.partial(
-      m['pose_encoder'].apply,
-      {'params': p['pose_encoder'], 'batch_stats': s['pose_encoder']}, train=False)
-  if jax.default_backend() == 'cpu':
-    # One frame index at a time (`lax.map`, a loop in the program): activations of B
-    # frames instead of B*T (0.4 GB at B=100) are smaller buffers to allocate and stay
-    # closer to cache. On a 2-core CPU the compiled LSTM step took 1.9-2.0 s this way
-    # against 2.44 s with one batch of B*T in one A/B, within noise of it in later ones.
-    # Accelerators want the one large batch. BatchNorm is in inference mode: the
-    # numbers are the same.
-    h_p = jnp.swapaxes(lax.map(pose, jnp.swapaxes(video, 0, 1)), 0, 1)
-  else:
-    b, t = video.shape[:2]
-    h_p = pose(video.reshape((b * t,) + video.shape[2:])).reshape(b, t, -1)
-  return h_c, skips, h_p
-
-
-def lstm_teacher_forced(config, lstm_params, h_c, h_p):
-  """Teacher-forced pose predictions: `pred[:, t-1] = L(concat(h_p[:, t-1], h_c))`.
-
-  Args: h_c `[B, Dc]`, h_p `[B, T, Dp]`. Returns `[B, T-1, Dp]` (predictions of 1..T-1).
-  """
-  lstm = build_models(config.model, config.data)['lstm']
-  inputs = jnp.concatenate(
-      [h_p[:, :-1], jnp.broadcast_to(h_c[:, None], h_p.shape[:1] + (h_p.shape[1] - 1,)
-                                     + h_c.shape[1:])], axis=-1)
-
-  def step(carry, x_t):
-    return lstm.apply({'params': lstm_params}, carry, x_t)
-
-  _, preds = lax.scan(step, lstm.initial_carry(h_c.shape[0]), jnp.swapaxes(inputs, 0, 1))
-  return jnp.swapaxes(preds, 0, 1)
-
-
 def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
                     axis_name: str | None = None):
   """One LSTM iteration with teacher forcing (docs/method.md section 3).
@@ -378,11 +295,11 @@ def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
   """
   del key
   video = _split_batch(batch)[1]
-  h_c, _, h_p = encode_video(config, lax.stop_gradient(ae_variables), video,
-                             config.data.input_frames - 1)
+  h_c, _, h_p = predict.encode_video(config, lax.stop_gradient(ae_variables), video,
+                                     config.data.input_frames - 1)
 
   def objective(lstm_params):
-    preds = lstm_teacher_forced(config, lstm_params, h_c, h_p)
+    preds = predict.lstm_teacher_forced(config, lstm_params, h_c, h_p)
     per_step = jnp.mean((preds - h_p[:, 1:]) ** 2, axis=(0, 2))  # [T-1]
     return jnp.sum(_pmean(per_step, axis_name))
 

@@ -24,10 +24,10 @@ def setup():
 def test_rollout_matches_teacher_forcing_on_known_frames(setup):
   config, ae, lstm_params, video = setup
   c = 3
-  h_c, _, h_p = train.encode_video(config, ae, video, c - 1)
+  h_c, _, h_p = predict.encode_video(config, ae, video, c - 1)
   rolled = predict.rollout_poses(config, lstm_params, h_c, h_p[:, :c], num_future=4)
   assert rolled.shape == (3, c - 1 + 4, config.model.pose_dim)
-  forced = train.lstm_teacher_forced(config, lstm_params, h_c, h_p)
+  forced = predict.lstm_teacher_forced(config, lstm_params, h_c, h_p)
   # Frames 1..C are predicted from inferred poses in both.
   np.testing.assert_allclose(rolled[:, :c], forced[:, :c], atol=1e-6)
   # After that, each step reads the previous prediction.
@@ -45,10 +45,10 @@ def test_pose_encoding_is_the_same_on_every_backend_path(setup, monkeypatch):
   CI has only CPUs, so the accelerator path is forced here and compared."""
   config, ae, _, video = setup
   # A new function object each time: jit and make_jaxpr cache traces per function.
-  fn = lambda: lambda v: train.encode_video(config, ae, v, 1)
+  fn = lambda: lambda v: predict.encode_video(config, ae, v, 1)
   cpu = jax.jit(fn())(video)
   assert 'scan' in str(jax.make_jaxpr(fn())(video))  # The per-frame loop.
-  monkeypatch.setattr(train.jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(predict.jax, 'default_backend', lambda: 'gpu')
   assert 'scan' not in str(jax.make_jaxpr(fn())(video))  # One batch of B*T frames.
   other = jax.jit(fn())(video)
   for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(other), strict=True):
