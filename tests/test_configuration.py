@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments.configs import default, demo, dsprites, mnist, mpi3d, tiny
+from experiments.configs import default, demo, dsprites, mnist, mpi3d, study, tiny
 from mipae_jax import configuration, errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +22,15 @@ def test_shipped_configs_are_valid():
   assert (m.model.arch, m.model.pose_dim, m.data.name) == ('vgg', 10, 'mpi3d')
   with pytest.raises(ValueError, match="config variant 'gan'"):
     dsprites.get_config('gan')
+  # The study's laptop setting changes only the fields its comments name; ':paper' none.
+  configuration.validate(study.get_config(), num_devices=1)
+  assert study.get_config('paper').to_dict() == default.get_config().to_dict()
+  s, d = study.get_config(), default.get_config()
+  assert (s.data.num_objects, s.data.channels, s.loss.beta, s.optim.lr, s.model.pose_dim) == (
+      d.data.num_objects, d.data.channels, d.loss.beta, d.optim.lr, d.model.pose_dim)
+  assert s.loss.fg_weight == 10.0 and d.loss.fg_weight == 1.0
+  with pytest.raises(ValueError, match="config variant 'gpu'"):
+    study.get_config('gpu')
 
 
 def edit(**changes):

@@ -36,9 +36,14 @@ def main(argv=None):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(args.workdirs), figsize=(3.6 * len(args.workdirs), 3),
-                           sharey=True, squeeze=False)
-  for ax, wd in zip(axes[0], args.workdirs, strict=True):
+  n = len(args.workdirs)
+  cols = min(n, 5)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3 * rows), sharey=True,
+                           squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.set_visible(False)
+  for ax, wd in zip(axes.flat[:n], args.workdirs, strict=True):
     for name, pts in curves(wd).items():
       if name == 'recon_loss_ch2':
         continue  # Two sprites: channel 2 is empty.
@@ -46,7 +51,8 @@ def main(argv=None):
     ax.set_title(os.path.basename(os.path.normpath(wd)), fontsize=9)
     ax.set_xlabel('autoencoder step')
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel('reconstruction MSE of the channel')
+  for row in axes:
+    row[0].set_ylabel('reconstruction MSE of the channel')
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
