@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.run import _median_times, _torch_device
+from benchmarks.common import median_times, torch_device
 from mipae_jax import compiler, cpu_kernels
 
 DOWN = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]  # (in size, in, out)
@@ -69,7 +69,7 @@ def _torch_passes(torch, up: bool, cin: int, cout: int, x, k, dy, dtype: str):
   gradient pass reuses one recorded forward graph (`retain_graph`), so it times the
   backward kernel alone, and each returns once the device is done."""
   from benchmarks.torch_reference import synchronize
-  dev = _torch_device(torch, 'auto')
+  dev = torch_device(torch, 'auto')
   tdtype = getattr(torch, dtype)
   mod = (torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1) if up
          else torch.nn.Conv2d(cin, cout, 4, 2, 1))
@@ -121,7 +121,7 @@ def profile_layer(up: bool, size: int, cin: int, cout: int, batch: int, reps: in
   if torch is not None:
     for p, f in _torch_passes(torch, up, cin, cout, x, k, dy, dtype).items():
       fns['torch', p] = f
-  t = _median_times(fns, reps)
+  t = median_times(fns, reps)
   names = list(impls) + (['torch'] if torch is not None else [])
   return {name: {p: flops / t[name, p] / 1e9 for p in ('fwd', 'dW', 'dX')} for name in names}
 
@@ -133,7 +133,7 @@ def profile_channel_sums(batch: int, reps: int, dtype: str = 'float32'):
     plain = compiler.jit(lambda a: jnp.sum(a, axis=(0, 1, 2)))
     ours = compiler.jit(cpu_kernels.channel_sum)
     np.testing.assert_allclose(np.float32(ours(x)), np.float32(plain(x)), rtol=1e-2, atol=1)
-    t = _median_times({'sum': lambda f=plain, x=x: jax.block_until_ready(f(x)),
+    t = median_times({'sum': lambda f=plain, x=x: jax.block_until_ready(f(x)),
                        'matvec': lambda f=ours, x=x: jax.block_until_ready(f(x))}, reps)
     rows.append((f'[{batch}, {size}, {size}, {c}]', t['sum'] * 1e3, t['matvec'] * 1e3))
   return rows
@@ -171,7 +171,7 @@ def profile_batch_norm(batch: int, reps: int):
       step = compiler.jit(lambda a, s, b, g, f=f: jax.vjp(f, a, s, b)[1](g))
       args = (x, scale, bias, dy)
       fns[name] = lambda step=step, args=args: jax.block_until_ready(step(*args))
-    t = _median_times(fns, reps)
+    t = median_times(fns, reps)
     rows.append((f'[{batch}, {size}, {size}, {c}]', t['one_pass'] * 1e3,
                  t['two_pass'] * 1e3))
   return rows
@@ -194,7 +194,7 @@ def main(argv=None):
   except ImportError:
     torch = None
     print('torch is not installed (pip install -e ".[bench]"): JAX columns only')
-  where = '' if torch is None else '; torch on ' + _torch_device(torch, 'auto')
+  where = '' if torch is None else '; torch on ' + torch_device(torch, 'auto')
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}{where}; {args.dtype}; '
         f'batch {batch}; medians of {reps}; GFLOP/s per pass (higher is faster)')
   print()

@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from benchmarks.run import JaxAE, JaxLSTM, _config, _videos
+from benchmarks.common import JaxAE, JaxLSTM, bench_config, sample_videos
 from mipae_jax import data, profiling
 
 
@@ -34,11 +34,11 @@ def main(argv=None):
   parser.add_argument('--out', default='', help='trace directory (default: a new temp dir)')
   parser.add_argument('--top', type=int, default=20, help='op kinds listed')
   args = parser.parse_args(argv)
-  config = _config(args.batch, args.config, args.dtype)
+  config = bench_config(args.batch, args.config, args.dtype)
   source = data.make_source(config.data)
-  video = _videos(source, jax.random.key(10), args.batch)
+  video = sample_videos(source, jax.random.key(10), args.batch)
   if args.stage == 'ae':
-    step = JaxAE(config, video, _videos(source, jax.random.key(11), args.batch))
+    step = JaxAE(config, video, sample_videos(source, jax.random.key(11), args.batch))
   else:
     step = JaxLSTM(config, video)
   for _ in range(2):

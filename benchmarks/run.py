@@ -32,19 +32,26 @@ the card's dense peak that each side reaches.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import resource
-import statistics
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mipae_jax import data, models, parallel, train
+from benchmarks.common import (
+  JaxAE,
+  JaxLSTM,
+  bench_config,
+  medians,
+  paired_ratios,
+  round_times,
+  sample_videos,
+  torch_device,
+  xla_flops,
+)
+from mipae_jax import data, models
 
 # Dense peak TFLOP/s from NVIDIA's datasheets: float32 on CUDA cores, TF32 and bfloat16 on
 # tensor cores. Matched against `device_kind` in this order (the PCIe H100 is slower).
@@ -90,54 +97,6 @@ def _allocator() -> str:
   return f'glibc malloc, GLIBC_TUNABLES={tunables!r}' if tunables else 'glibc malloc, defaults'
 
 
-def _round_times(fns: dict, reps: int, warmup: int = 1) -> dict:
-  """Calls each fn `warmup` times, then `reps` rounds alternating fns; seconds per call,
-  round by round (`{name: [s, ...]}`)."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
-  return times
-
-
-def _medians(times: dict) -> dict:
-  """`{name: median}` of `_round_times`' `{name: [s, ...]}`."""
-  return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _median_times(fns: dict, reps: int, warmup: int = 1) -> dict:
-  """Median seconds per call of each fn over `reps` alternating rounds."""
-  return _medians(_round_times(fns, reps, warmup))
-
-
-def paired_ratios(ref_times: list, new_times: list) -> tuple[float, float, float]:
-  """(median, min, max) over rounds of `ref_times[i] / new_times[i]`: how many times
-  faster the new side ran than the reference in round i.
-
-  Each round times both implementations back to back, so a round's ratio shares that
-  moment's machine load; on a shared machine their spread says how far a single ratio
-  of medians can be trusted."""
-  r = [a / b for a, b in zip(ref_times, new_times, strict=True)]
-  return statistics.median(r), min(r), max(r)
-
-
-def _config(batch: int, module: str = 'experiments.configs.default', dtype: str = 'float32'):
-  c = importlib.import_module(module).get_config()
-  c.batch_size = batch
-  c.model.dtype = dtype
-  return c
-
-
-def _videos(source, key, batch):
-  v = source.jit_sample_batch(key, batch, 'train')[0]
-  return np.asarray(v)
-
-
 def peak_tflops(device_kind: str, dtype: str) -> tuple[float, str] | None:
   """(dense peak TFLOP/s, which peak) of a known card for `dtype`; None if unknown.
   float32 convolutions run on TF32 tensor cores by default in both XLA and cuDNN, so
@@ -149,76 +108,11 @@ def peak_tflops(device_kind: str, dtype: str) -> tuple[float, str] | None:
   return None
 
 
-def _torch_device(torch, requested: str) -> str:
-  """The torch device to compare on: the accelerator JAX uses, unless told otherwise."""
-  if requested != 'auto':
-    return requested
-  if jax.default_backend() == 'gpu':
-    if not torch.cuda.is_available():
-      raise SystemExit('JAX runs on a GPU but this torch has no CUDA: a GPU-vs-CPU ratio '
-                       'means nothing. Install a CUDA build of torch, or pass '
-                       '--torch_device cpu to compare anyway.')
-    return 'cuda'
-  return 'cpu'
-
-
 def _device_memory() -> str:
   """Peak accelerator memory of JAX's first device, where the backend reports it."""
   stats = jax.local_devices()[0].memory_stats() or {}
   peak = stats.get('peak_bytes_in_use')
   return 'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'
-
-
-class JaxAE:
-  """The jitted mipae_jax AE step on one device, compiled ahead of time."""
-
-  def __init__(self, config, video, critic_video):
-    self.state = train.create_train_state(config, jax.random.key(0))
-    self.batch = {'video': jnp.asarray(video), 'critic_video': jnp.asarray(critic_video)}
-    self.key = jax.random.key(1)
-    step = parallel.make_train_step(config, 'ae', 'jit')
-    t0 = time.perf_counter()
-    self.compiled = step.lower(self.state, self.batch, self.key).compile()
-    self.compile_s = time.perf_counter() - t0
-
-  def __call__(self, batch=None):
-    self.state, m = self.compiled(self.state, self.batch if batch is None else batch, self.key)
-    jax.block_until_ready(m)
-
-
-class JaxLSTM:
-  def __init__(self, config, video):
-    ae = train.create_train_state(config, jax.random.key(0))
-    self.ae_vars = train.autoencoder_variables(ae)
-    self.state = train.create_lstm_state(config, jax.random.key(2))
-    self.batch = {'video': jnp.asarray(video)}
-    step = parallel.make_train_step(config, 'lstm', 'jit')
-    t0 = time.perf_counter()
-    self.compiled = step.lower(self.state, self.ae_vars, self.batch, jax.random.key(0)).compile()
-    self.compile_s = time.perf_counter() - t0
-
-  def __call__(self):
-    self.state, m = self.compiled(self.state, self.ae_vars, self.batch, jax.random.key(0))
-    jax.block_until_ready(m)
-
-  def flops(self, config) -> float:
-    """FLOPs of one iteration. On CPU the step pose-encodes the T frame indices in a
-    `lax.map` loop, whose body XLA's cost analysis counts once: add the other T-1."""
-    fl = _flops(self.compiled)
-    if jax.default_backend() == 'cpu':
-      frames = self.batch['video'][:, 0]
-      encode = jax.jit(lambda v, x: models.build_models(config.model, config.data)[
-          'pose_encoder'].apply(v, x, train=False))
-      pose_vars = {k: self.ae_vars[k]['pose_encoder'] for k in ('params', 'batch_stats')}
-      body = _flops(encode.lower(pose_vars, frames).compile())
-      fl += (self.batch['video'].shape[1] - 1) * body
-    return fl
-
-
-def _flops(compiled) -> float:
-  ca = compiled.cost_analysis()
-  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-  return float(ca.get('flops', float('nan')))
 
 
 def _memory(compiled) -> str:
@@ -270,13 +164,13 @@ def main(argv=None, restart: bool = False):
   from benchmarks import torch_reference as ref
 
   torch.set_num_threads(args.threads)
-  dev = _torch_device(torch, args.torch_device)
+  dev = torch_device(torch, args.torch_device)
   reps = args.reps or (3 if args.quick else 7)
   skip = set(filter(None, args.skip.split(',')))
   cl = not args.no_torch_channels_last
   b = args.batch
   jae = tae = ae_at_batch = None
-  config = _config(b, args.config, args.dtype)
+  config = bench_config(b, args.config, args.dtype)
   d = config.data
   t_frames = d.input_frames + d.target_frames
   kind = jax.devices()[0].device_kind
@@ -294,8 +188,8 @@ def main(argv=None, restart: bool = False):
   print(f'batch {b}, {t_frames} frames of {d.image_size}x{d.image_size}x{d.channels}, '
         f'{args.dtype} compute, {reps} alternating rounds, medians')
   source = data.make_source(d)
-  video = _videos(source, jax.random.key(10), b)
-  critic_video = _videos(source, jax.random.key(11), b)
+  video = sample_videos(source, jax.random.key(10), b)
+  critic_video = sample_videos(source, jax.random.key(11), b)
   rows = []
 
   def synced(fn):
@@ -325,7 +219,7 @@ def main(argv=None, restart: bool = False):
 
   def report(name, times, unit='steps/s'):
     """Prints and records the medians and their ratio; returns the medians."""
-    med = _medians(times)
+    med = medians(times)
     s_jax, s_torch = med['jax'], med['torch']
     ratio = s_torch / s_jax
     print(f'{name}: mipae_jax {1 / s_jax:.3f} {unit} ({s_jax * 1e3:.0f} ms) | torch '
@@ -338,9 +232,9 @@ def main(argv=None, restart: bool = False):
     jae = JaxAE(config, video, critic_video)
     tae = trainer(ref.AutoencoderTrainer, config)
     tv, tcv = ref.video_to_torch(video, cl, dev), ref.video_to_torch(critic_video, cl, dev)
-    ae_at_batch = report('ae_iteration', _round_times(
+    ae_at_batch = report('ae_iteration', round_times(
         {'jax': jae, 'torch': synced(lambda: tae.step(tcv, tv))}, reps))
-    rates('ae_iteration', _flops(jae.compiled), ae_at_batch[0],
+    rates('ae_iteration', xla_flops(jae.compiled), ae_at_batch[0],
           _torch_flops(lambda: tae.step(tcv, tv)), ae_at_batch[1], jae.compiled,
           jae.compile_s)
 
@@ -349,11 +243,11 @@ def main(argv=None, restart: bool = False):
     # round by round: the speed ratio says which set should be 'auto' on this backend.
     jks = {}
     for choice in ('xla', 'cpu'):
-      ck = _config(b, args.config, args.dtype)
+      ck = bench_config(b, args.config, args.dtype)
       ck.model.kernels = choice
       jks[choice] = JaxAE(ck, video, critic_video)
-    times = _round_times(jks, reps)
-    med = _medians(times)
+    times = round_times(jks, reps)
+    med = medians(times)
     print(f'ae_iteration by kernel set: xla {med["xla"] * 1e3:.0f} ms (compile '
           f'{jks["xla"].compile_s:.1f} s) | cpu {med["cpu"] * 1e3:.0f} ms (compile '
           f'{jks["cpu"].compile_s:.1f} s); auto is {models.kernels_for("auto").name} here')
@@ -365,7 +259,7 @@ def main(argv=None, restart: bool = False):
     jl = JaxLSTM(config, video)
     tl = trainer(ref.LSTMTrainer, config)
     tv = ref.video_to_torch(video, cl, dev)
-    s_jax, s_torch = report('lstm_iteration', _round_times(
+    s_jax, s_torch = report('lstm_iteration', round_times(
         {'jax': jl, 'torch': synced(lambda: tl.step(tv))}, reps))
     rates('lstm_iteration', jl.flops(config), s_jax, _torch_flops(lambda: tl.step(tv)),
           s_torch, jl.compiled, jl.compile_s)
@@ -382,8 +276,8 @@ def main(argv=None, restart: bool = False):
     def loop():  # Per-sample __getitem__, then collate, as the published DataLoader.
       np.stack([source.sample_batch_numpy(rng, 1)[0][0] for _ in range(b)])
 
-    times = _round_times({'device': device, 'loop': loop}, max(3, reps // 2))
-    med = _medians(times)
+    times = round_times({'device': device, 'loop': loop}, max(3, reps // 2))
+    med = medians(times)
     rate_d, rate_l = b / med['device'], b / med['loop']
     print(f'data: on-device stream {rate_d:.0f} seq/s | per-sample loop {rate_l:.0f} seq/s')
     print(f'ratio data_stream device/loop: {rate_d / rate_l:.1f}')
@@ -413,7 +307,7 @@ def main(argv=None, restart: bool = False):
       ref.synchronize(dev)
 
     # As many rounds as the steps alone: with 3, one run gave per-round ratios 0.92-1.34.
-    report('end_to_end', _round_times({'jax': jax_e2e, 'torch': torch_e2e}, reps))
+    report('end_to_end', round_times({'jax': jax_e2e, 'torch': torch_e2e}, reps))
 
   if 'sweep' not in skip:
     sizes = (25, 50, 100) if args.quick else (25, 50, 100, 200)
@@ -423,18 +317,18 @@ def main(argv=None, restart: bool = False):
         print(f'batch {bs}: ae_iteration mipae_jax {sj * 1e3:.0f} ms | torch {st * 1e3:.0f} ms '
               f'| ratio jax/torch {st / sj:.2f}')
         continue
-      c = _config(bs, args.config, args.dtype)
+      c = bench_config(bs, args.config, args.dtype)
       v, cv = video[:bs], critic_video[:bs]
       if bs > b:
-        v = _videos(source, jax.random.key(20), bs)
-        cv = _videos(source, jax.random.key(21), bs)
+        v = sample_videos(source, jax.random.key(20), bs)
+        cv = sample_videos(source, jax.random.key(21), bs)
       jae = JaxAE(c, v, cv)
       tae = trainer(ref.AutoencoderTrainer, c)
       tv, tcv = ref.video_to_torch(v, cl, dev), ref.video_to_torch(cv, cl, dev)
-      times = _round_times(
+      times = round_times(
           {'jax': jae, 'torch': synced(lambda t=tae, a=tcv, v=tv: t.step(a, v))},
           2 if args.quick else 3)
-      med = _medians(times)
+      med = medians(times)
       _, lo, hi = paired_ratios(times['torch'], times['jax'])
       print(f'batch {bs}: ae_iteration mipae_jax {med["jax"] * 1e3:.0f} ms (compile '
             f'{jae.compile_s:.0f} s) | torch {med["torch"] * 1e3:.0f} ms | ratio jax/torch '

@@ -14,7 +14,7 @@ import sys
 
 from absl import flags
 
-from mipae_jax import cli, pipeline
+from mipae_jax import cli, evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A run directory made by experiments.main.')
@@ -29,9 +29,9 @@ _CONFIG_OVERRIDES = []  # `--config.eval.*` arguments, taken out of argv before 
 def main(argv):
   del argv
   cli.setup_logging()
-  results = pipeline.evaluate_workdir(FLAGS.workdir, [*_CONFIG_OVERRIDES, *FLAGS.override],
+  results = evaluate.evaluate_workdir(FLAGS.workdir, [*_CONFIG_OVERRIDES, *FLAGS.override],
                                       allow_stale_lstm=FLAGS.allow_stale_lstm)
-  pipeline.print_summary(FLAGS.workdir, results)
+  evaluate.print_summary(FLAGS.workdir, results)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from mipae_jax import cli, pipeline
+from mipae_jax import cli, distributed, evaluate, pipeline
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
@@ -35,15 +35,15 @@ def main(argv):
   del argv
   cli.setup_logging()
   if FLAGS.coordinator or FLAGS.num_processes:
-    pipeline.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
     results = pipeline.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except pipeline.Preempted as e:
+  except distributed.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(128 + e.signum)  # As a shell reports a job ended by that signal.
-  except pipeline.PeerLost as e:
-    pipeline.exit_after_peer_lost(e)  # Exit code 75: rerun every process to resume.
-  pipeline.print_summary(FLAGS.workdir, results)
+  except distributed.PeerLost as e:
+    distributed.exit_after_peer_lost(e)  # Exit code 75: rerun every process to resume.
+  evaluate.print_summary(FLAGS.workdir, results)
 
 
 if __name__ == '__main__':

@@ -18,10 +18,22 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
-from mipae_jax import compiler, data, predict, train, visualize
+from mipae_jax import (
+  checkpoint,
+  cli,
+  compiler,
+  configuration,
+  data,
+  errors,
+  pipeline,
+  predict,
+  train,
+  visualize,
+)
 from mipae_jax.logger import MetricLogger
 from mipae_jax.metrics import image as image_metrics
 from mipae_jax.metrics import mig as mig_metrics
@@ -328,3 +340,70 @@ def _jsonable(x):
   if isinstance(x, (np.floating, np.integer)):
     return x.item()
   return x
+
+
+# ------------------------------------------------------ A run directory.
+
+
+def load_config(workdir: str):
+  """The config a workdir was started with (its `config.json`)."""
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise errors.NotARunError(
+        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise errors.WorkdirError(
+        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
+        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
+        'original --config and overrides, which rewrites it.') from e
+  configuration.fill_added_fields(config)
+  return config
+
+
+def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False) -> dict:
+  """Evaluates the newest checkpoints of `workdir`; `overrides` like 'eval.seed=3'
+  may change `eval.*` fields only (the networks are fixed by the run).
+
+  Refuses (ConfigError) an override naming no `eval` field or holding a value of another
+  type, and (WorkdirError) an LSTM trained on an older autoencoder than the workdir's,
+  unless `allow_stale_lstm`.
+  """
+  config = load_config(workdir)
+  for name, value in EVAL_DEFAULTS.items():  # A run from before these options.
+    if name not in config.eval:
+      config.eval[name] = value
+  for item in overrides:
+    field, sep, text = item.partition('=')
+    field = field.removeprefix('--').removeprefix('config.')
+    if not field.startswith('eval.') or not sep:
+      raise errors.ConfigError(
+          f'override {item!r}: expected eval.<field>=<value> (evaluation may change only '
+          'eval.* fields; the networks are fixed by the run).')
+    current = cli.field_value(config, field)
+    config.eval[field[len('eval.'):]] = cli.parse_value(field, text, current)
+  configuration.validate(config, num_devices=1)
+  ae_state = pipeline.restore_autoencoder(config, workdir)
+  lstm_state = pipeline.restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
+  return evaluate(config, workdir, ae_state, lstm_state)
+
+
+def print_summary(workdir: str, results: dict) -> None:
+  if not results:
+    return
+  m = headline(results)
+  extra = ''
+  if 'paper' in results['mig'] and results['mig']['estimator'] != 'paper':
+    extra = f'; paper-protocol (kNN) MIG {results["mig"]["paper"]["mig"]:.4f}'
+  print(f'MIG {m["mig"]:.4f} [{results["mig"]["estimator"]}] (I(fc;zc) {m["I_fc_zc"]:.3f}, '
+        f'I(fc;zp) {m["I_fc_zp"]:.3f}, I(fp;zc) {m["I_fp_zc"]:.3f}, I(fp;zp) '
+        f'{m["I_fp_zp"]:.3f}){extra}; pose from z_c R^2 '
+        f'{results["mig"]["linear_r2"]["pose_from_zc"]:.3f}; '
+        f'classic MIG {results["mig"]["classic"]["mig"]:.4f}')
+  if 'prediction' in results:
+    p = results['prediction']
+    print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')
+    print(f'PSNR per future step: {" ".join(f"{v:.2f}" for v in p["psnr_mean"])}')
+  print(f'Report: {os.path.join(workdir, "eval", "report.md")}')

@@ -16,53 +16,30 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
-import sys
 import time
-from typing import NoReturn
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mipae_jax import checkpoint, configuration, data, errors, parallel, profiling, train
+from mipae_jax import (
+  checkpoint,
+  configuration,
+  data,
+  distributed,
+  errors,
+  parallel,
+  profiling,
+  train,
+)
 from mipae_jax import workdir as workdir_lib
+
+# Raised from the loop; importable from here as before.
+from mipae_jax.distributed import PeerLost, Preempted  # noqa: F401
 from mipae_jax.logger import MetricLogger, ProgressBar, check_finite, drop_records_after
 
 log = logging.getLogger(__name__)
-
-
-class Preempted(RuntimeError):
-  """Training stopped on SIGTERM/SIGINT after saving a checkpoint.
-
-  `signum` is the signal received; a command-line entry point should exit with
-  `128 + signum` (130 for SIGINT, 143 for SIGTERM), as a shell does for a killed job.
-  """
-
-  def __init__(self, message: str, signum: int = signal.SIGTERM):
-    super().__init__(message)
-    self.signum = int(signum)
-
-
-class PeerLost(RuntimeError):
-  """A cross-process collective failed: another process of the run died."""
-
-
-# EX_TEMPFAIL: a temporary failure; running the same command again resumes.
-PEER_LOST_EXIT_CODE = 75
-
-
-def exit_after_peer_lost(error: PeerLost, code: int = PEER_LOST_EXIT_CODE) -> NoReturn:
-  """Prints `error` and ends this process at once, with `code`.
-
-  Once a peer is gone, JAX's distributed shutdown at interpreter exit aborts the process
-  (SIGABRT, after our message). By the time `PeerLost` reaches the caller the stage has
-  closed its checkpoint store and logs, so skipping that shutdown loses nothing.
-  """
-  print(f'PeerLost: {error}', file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(code)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass
@@ -78,27 +55,6 @@ def root_keys(config):
   root = jax.random.key(config.seed)
   names = ('ae_init', 'ae_data', 'ae_step', 'lstm_init', 'lstm_data', 'lstm_step')
   return dict(zip(names, jax.random.split(root, len(names)), strict=True))
-
-
-def is_chief() -> bool:
-  return jax.process_index() == 0
-
-
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           heartbeat_timeout_seconds: int = 60,
-                           initialization_timeout: int = 300) -> None:
-  """`jax.distributed.initialize` with failure detection bounded in time.
-
-  If a process dies (killed, host lost), the coordination service notices its missing
-  heartbeats within `heartbeat_timeout_seconds` and stops every other process with an
-  error naming the lost task, instead of leaving them blocked in a collective forever.
-  `initialization_timeout` bounds the wait for all processes to connect at start.
-  On CPU the cross-process collectives use gloo (JAX's default CPU implementation).
-  """
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             initialization_timeout=initialization_timeout,
-                             heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def replicate_on_mesh(tree, mesh):
@@ -155,68 +111,6 @@ def make_batch_fn(config, source, mesh, stage: str):
   return lambda key: _place_from_host(sample(key), sharding)
 
 
-def _agree_on_start(stage: str, start: int, directory: str) -> None:
-  """Several processes must resume from the same step, or their collectives would
-  mix different steps (or wait forever); raises naming each process's step."""
-  if jax.process_count() == 1:
-    return
-  from jax.experimental import multihost_utils
-  steps = np.asarray(multihost_utils.process_allgather(np.int32(start))).reshape(-1)
-  if np.any(steps != steps[0]):
-    raise checkpoint.CheckpointError(
-        f'{stage}: the processes would resume from different steps '
-        f'{ {i: int(s) for i, s in enumerate(steps)} } (process: step) in {directory}. '
-        'Every process must see the same workdir: put it on a filesystem shared by all '
-        'hosts (e.g. gs://, NFS).')
-
-
-@contextlib.contextmanager
-def stop_requests():
-  """Turns SIGTERM/SIGINT into a flag the training loop polls, so a preempted run
-  saves a checkpoint at a step boundary instead of dying mid-write."""
-  flag = {'stop': None, 'signum': None}
-
-  def handler(signum, _frame):
-    flag['stop'] = signal.Signals(signum).name
-    flag['signum'] = signum
-
-  previous = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    try:
-      previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
-      pass
-  try:
-    yield flag
-  finally:
-    for sig, h in previous.items():
-      signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _peer_failures(stage: str, current_step, store):
-  """Turns a failed cross-process collective into `PeerLost` naming the step and the
-  checkpoint to resume from (single process: errors pass through unchanged)."""
-  try:
-    yield
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
-      raise
-    try:
-      good = store.latest_step()
-    except Exception:  # noqa: BLE001 - only for the message.
-      good = None
-    where = (f'step {good} in {store.directory}' if good is not None
-             else f'none yet in {store.directory}')
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise PeerLost(
-        f'{stage} stage, after step {current_step()}: process {jax.process_index()} of '
-        f'{jax.process_count()} lost the others ({first}). Another process most likely '
-        'died (killed, out of memory, host lost), so this one stops too instead of '
-        f'waiting forever. Last good checkpoint: {where}. Restart every process with '
-        'the same command to resume from it.') from e
-
-
 def _host_metrics(metrics):
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -236,7 +130,7 @@ def _set_aside(store, reason: str):
   while os.path.exists(f'{store.directory}.stale-{n}'):
     n += 1
   aside = f'{store.directory}.stale-{n}'
-  if is_chief():
+  if distributed.is_chief():
     os.replace(store.directory, aside)
   log.warning('%s: %s; retraining the stage from scratch (its old checkpoints are kept in '
               '%s).', store.stage, reason, aside)
@@ -300,7 +194,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
   """
   tc = config.train
   store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
-                                     enabled=is_chief())
+                                     enabled=distributed.is_chief())
   state, start = init_state, 0
   if store.latest_step() is not None:
     abstract = jax.eval_shape(lambda: init_state)
@@ -311,26 +205,26 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
       log.info('%s: resumed from step %d in %s', stage, start, store.directory)
     else:
       store = _set_aside(store, reason)
-  _agree_on_start(stage, start, store.directory)
+  distributed.agree_on_start(stage, start, store.directory)
   # The state is replicated over the mesh, as the data-parallel step expects.
   state = replicate_on_mesh(state, mesh)
-  if is_chief():
+  if distributed.is_chief():
     dropped = drop_records_after(workdir, stage, start)
     if dropped:
       log.info('%s: dropped %d line(s) of metrics.jsonl past step %d or incomplete, which '
                'this run redoes.', stage, dropped, start)
-  metric_logger = MetricLogger(workdir, enabled=is_chief(), stage=stage)
+  metric_logger = MetricLogger(workdir, enabled=distributed.is_chief(), stage=stage)
   # The first step of a run compiles; the profile window starts after it.
   profiler = profiling.StepProfiler(os.path.join(workdir, 'profile', stage), start + 1,
-                                    tc.profile_steps, enabled=is_chief())
+                                    tc.profile_steps, enabled=distributed.is_chief())
   extra_metadata = {} if trained_on is None else {'trained_on': trained_on}
   t0, step = time.time(), start
   saved = start if start > 0 else None
   zero_grads = _ZeroGradients()
   last_metrics, shown = {}, start
   try:
-    with (stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar,
-          _peer_failures(stage, lambda: step, store)):
+    with (distributed.stop_requests() as stop, ProgressBar(num_steps, start, desc=stage) as bar,
+          distributed.peer_failures(stage, lambda: step, store)):
       while step < num_steps:
         profiler.before_step(step)
         batch = batch_fn(jax.random.fold_in(data_key, step))
@@ -357,7 +251,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata})
           saved = step
         if stopping:
-          raise Preempted(
+          raise distributed.Preempted(
               f'{stopping} received: saved the {stage} stage at step {step} in '
               f'{store.directory}. Run the same command again to resume.',
               stop['signum'])
@@ -449,7 +343,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   configuration.validate(config, num_devices=jax.device_count())
   with contextlib.ExitStack() as held:
-    if is_chief():
+    if distributed.is_chief():
       workdir_lib.prepare(workdir)
       held.enter_context(workdir_lib.RunLock(workdir))
       if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
@@ -470,7 +364,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   if config.train.lstm_steps > 0:
     lstm = train_lstm(config, workdir, ae.state, source, mesh)
     lstm_state, timings['lstm'] = lstm.state, _timing(lstm)
-  if not is_chief():
+  if not distributed.is_chief():
     return {}
   return evaluate.evaluate(config, workdir, ae.state, lstm_state, source=source,
                            timings=timings)
@@ -480,75 +374,3 @@ def _timing(result: StageResult) -> dict:
   rate = result.steps_run / result.seconds if result.seconds > 0 and result.steps_run else 0.0
   return {'steps': result.step, 'steps_this_run': result.steps_run,
           'seconds': round(result.seconds, 2), 'steps_per_second': round(rate, 3)}
-
-
-def load_config(workdir: str):
-  """The config a workdir was started with (its `config.json`)."""
-  import json
-
-  import ml_collections
-
-  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise errors.NotARunError(
-        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise errors.WorkdirError(
-        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
-        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
-        'original --config and overrides, which rewrites it.') from e
-  configuration.fill_added_fields(config)
-  return config
-
-
-def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False) -> dict:
-  """Evaluates the newest checkpoints of `workdir`; `overrides` like 'eval.seed=3'
-  may change `eval.*` fields only (the networks are fixed by the run).
-
-  Refuses (ConfigError) an override naming no `eval` field or holding a value of another
-  type, and (WorkdirError) an LSTM trained on an older autoencoder than the workdir's,
-  unless `allow_stale_lstm`.
-  """
-  from mipae_jax import cli, evaluate
-
-  config = load_config(workdir)
-  for name, value in evaluate.EVAL_DEFAULTS.items():  # A run from before these options.
-    if name not in config.eval:
-      config.eval[name] = value
-  for item in overrides:
-    field, sep, text = item.partition('=')
-    field = field.removeprefix('--').removeprefix('config.')
-    if not field.startswith('eval.') or not sep:
-      raise errors.ConfigError(
-          f'override {item!r}: expected eval.<field>=<value> (evaluation may change only '
-          'eval.* fields; the networks are fixed by the run).')
-    current = cli.field_value(config, field)
-    config.eval[field[len('eval.'):]] = cli.parse_value(field, text, current)
-  configuration.validate(config, num_devices=1)
-  ae_state = restore_autoencoder(config, workdir)
-  lstm_state = restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
-  return evaluate.evaluate(config, workdir, ae_state, lstm_state)
-
-
-def print_summary(workdir: str, results: dict) -> None:
-  if not results:
-    return
-  from mipae_jax import evaluate
-
-  m = evaluate.headline(results)
-  extra = ''
-  if 'paper' in results['mig'] and results['mig']['estimator'] != 'paper':
-    extra = f'; paper-protocol (kNN) MIG {results["mig"]["paper"]["mig"]:.4f}'
-  print(f'MIG {m["mig"]:.4f} [{results["mig"]["estimator"]}] (I(fc;zc) {m["I_fc_zc"]:.3f}, '
-        f'I(fc;zp) {m["I_fc_zp"]:.3f}, I(fp;zc) {m["I_fp_zc"]:.3f}, I(fp;zp) '
-        f'{m["I_fp_zp"]:.3f}){extra}; pose from z_c R^2 '
-        f'{results["mig"]["linear_r2"]["pose_from_zc"]:.3f}; '
-        f'classic MIG {results["mig"]["classic"]["mig"]:.4f}')
-  if 'prediction' in results:
-    p = results['prediction']
-    print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')
-    print(f'PSNR per future step: {" ".join(f"{v:.2f}" for v in p["psnr_mean"])}')
-  print(f'Report: {os.path.join(workdir, "eval", "report.md")}')

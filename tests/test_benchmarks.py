@@ -12,7 +12,7 @@ torch = pytest.importorskip(
     'torch', reason='PyTorch is not installed (pip install -e .[bench] pins torch==2.13.0); '
     'the benchmark compares against it.')
 
-from benchmarks import run  # noqa: E402
+from benchmarks import common, run  # noqa: E402
 from benchmarks import torch_reference as ref  # noqa: E402
 from experiments.configs import tiny  # noqa: E402
 
@@ -25,12 +25,12 @@ def test_peak_table_matches_cards_and_uses_tf32_for_float32():
 
 
 def test_torch_follows_jax_onto_the_accelerator(monkeypatch):
-  assert run._torch_device(torch, 'auto') == jax.default_backend().replace('gpu', 'cuda')
-  assert run._torch_device(torch, 'cpu') == 'cpu'
-  monkeypatch.setattr(run.jax, 'default_backend', lambda: 'gpu')
+  assert common.torch_device(torch, 'auto') == jax.default_backend().replace('gpu', 'cuda')
+  assert common.torch_device(torch, 'cpu') == 'cpu'
+  monkeypatch.setattr(common.jax, 'default_backend', lambda: 'gpu')
   monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
   with pytest.raises(SystemExit, match='--torch_device cpu'):
-    run._torch_device(torch, 'auto')
+    common.torch_device(torch, 'auto')
 
 
 def _tiny_videos(batch=4):
@@ -78,16 +78,16 @@ def test_benchmark_prints_every_ratio(capsys):
 
 
 def test_paired_ratios_bracket_the_ratio_of_medians():
-  assert run.paired_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 1.5, 3.0)
+  assert common.paired_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 1.5, 3.0)
   rng = np.random.default_rng(0)
   for _ in range(200):
     ref_t, new_t = rng.uniform(0.5, 2.0, (2, int(rng.integers(1, 8))))
-    mid, lo, hi = run.paired_ratios(list(ref_t), list(new_t))
+    mid, lo, hi = common.paired_ratios(list(ref_t), list(new_t))
     assert lo <= mid <= hi
     # Round i's ratio puts ref_i between lo * new_i and hi * new_i, so the medians too.
     assert lo - 1e-12 <= np.median(ref_t) / np.median(new_t) <= hi + 1e-12
   with pytest.raises(ValueError):
-    run.paired_ratios([1.0, 2.0], [1.0])
+    common.paired_ratios([1.0, 2.0], [1.0])
 
 
 def test_video_to_torch_shares_a_loader_batch_and_copies_only_read_only_arrays():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers.launch import Worker, free_port
 
-from mipae_jax import pipeline
+from mipae_jax import distributed
 
 TIMEOUT = 300
 HEARTBEAT = 5  # Seconds without heartbeats before a process is declared dead.
@@ -120,7 +120,7 @@ def test_a_killed_process_stops_the_other_within_bounded_time(tmp_path, cache_di
   if victim == 1:
     # Process 0 sees its collective fail, says what happened and what to do, and exits
     # with its own code (JAX's shutdown would otherwise abort it: rc -6).
-    assert rc == pipeline.PEER_LOST_EXIT_CODE, survivor.report()
+    assert rc == distributed.PEER_LOST_EXIT_CODE, survivor.report()
     assert 'PeerLost: ae stage, after step' in err, survivor.report()
     assert 'Another process most likely died' in err
     assert 'Restart every process with the same command' in err

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, parallel, pipeline
+from mipae_jax import checkpoint, evaluate, parallel, pipeline
 from mipae_jax.logger import NonFiniteError
 
 
@@ -61,7 +61,7 @@ def test_train_and_evaluate_writes_everything(tmp_path):
     del recorded['eval'][name]
   with open(path, 'w') as f:
     json.dump(recorded, f)
-  old = pipeline.evaluate_workdir(workdir)
+  old = evaluate.evaluate_workdir(workdir)
   assert old['mig']['estimator'] == 'probe' and 'paper' in old['mig']
 
 

@@ -27,7 +27,7 @@ import pytest
 from helpers.launch import Worker
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, pipeline, train
+from mipae_jax import checkpoint, distributed, evaluate, pipeline, train
 from mipae_jax.data import moving_mnist, mpi3d
 
 FULL = os.environ.get('MIPAE_FULL_RELIABILITY') == '1'
@@ -283,14 +283,14 @@ def test_unreadable_last_good_falls_back_with_a_warning(tmp_path, caplog):
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'config\.json not found: .* is not a run '
                                               r'directory made by experiments\.main'):
-    pipeline.evaluate_workdir(str(tmp_path))
+    evaluate.evaluate_workdir(str(tmp_path))
 
 
 def test_evaluate_override_outside_eval(tmp_path):
   checkpoint.record_config(str(tmp_path), tiny.get_config())
   with pytest.raises(ValueError, match=r"override 'model\.nf=3': expected "
                                        r'eval\.<field>=<value>'):
-    pipeline.evaluate_workdir(str(tmp_path), ['model.nf=3'])
+    evaluate.evaluate_workdir(str(tmp_path), ['model.nf=3'])
 
 
 def test_processes_that_see_different_checkpoints_are_stopped(monkeypatch):
@@ -303,7 +303,7 @@ def test_processes_that_see_different_checkpoints_are_stopped(monkeypatch):
   with pytest.raises(checkpoint.CheckpointError,
                      match=r"(?s)would resume from different steps \{0: 4, 1: 0\}.*"
                            r'filesystem shared by all'):
-    pipeline._agree_on_start('ae', 4, '/run/checkpoints/ae')  # pylint: disable=protected-access
+    distributed.agree_on_start('ae', 4, '/run/checkpoints/ae')  # pylint: disable=protected-access
 
 
 def test_bad_config_in_saved_json_is_named():

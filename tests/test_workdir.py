@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, errors, logger, parallel, pipeline, workdir
+from mipae_jax import checkpoint, errors, evaluate, logger, parallel, pipeline, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,7 +199,7 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
   with pytest.raises(errors.WorkdirError,
                      match=r'LSTM of .* \(step 2\) is stale: its checkpoint was trained on '
                            r'the autoencoder at step 2 .* now at step 3 .*--allow_stale_lstm'):
-    pipeline.evaluate_workdir(run)
+    evaluate.evaluate_workdir(run)
   assert pipeline.restore_lstm(config, run, ae.state, allow_stale=True) is not None
   # ... and the LSTM stage retrains it from scratch, setting the old checkpoints aside.
   with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):

@@ -49,7 +49,7 @@ def main():
   import numpy as np
 
   from experiments.configs import tiny
-  from mipae_jax import data, parallel, pipeline
+  from mipae_jax import data, distributed, parallel, pipeline
   from mipae_jax.data import common
 
   class HostRendered:
@@ -67,7 +67,7 @@ def main():
       return self._source.sample_batch_numpy(common.host_rng(key), batch_size, split)
 
   if args.coordinator:
-    pipeline.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+    distributed.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                     heartbeat_timeout_seconds=args.heartbeat_timeout)
 
   real = parallel.make_train_step
@@ -92,11 +92,11 @@ def main():
   try:
     source = HostRendered(data.make_source(config.data)) if args.host_source else None
     result = pipeline.train_autoencoder(config, args.workdir, source=source)
-  except pipeline.Preempted as e:
+  except distributed.Preempted as e:
     print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  except pipeline.PeerLost as e:
-    pipeline.exit_after_peer_lost(e)  # As experiments.main does.
+  except distributed.PeerLost as e:
+    distributed.exit_after_peer_lost(e)  # As experiments.main does.
   out = args.out
   if jax.process_count() > 1:
     root, ext = os.path.splitext(out)
