@@ -126,3 +126,23 @@ def xla_flops(compiled) -> float:
   ca = compiled.cost_analysis()
   ca = ca[0] if isinstance(ca, (list, tuple)) else ca
   return float(ca.get('flops', float('nan')))
+
+
+class JaxLSTMCodes:
+  """The LSTM iteration on codes encoded beforehand (`config.lstm.code_pool`): the same
+  update as `JaxLSTM`'s without its encoder passes."""
+
+  def __init__(self, config, video):
+    ae = train.create_train_state(config, jax.random.key(0))
+    h_c, h_p = jax.jit(lambda a, v: train.encode_for_lstm(config, a, v))(
+        train.autoencoder_variables(ae), jnp.asarray(video))
+    self.state = train.create_lstm_state(config, jax.random.key(2))
+    self.batch = {'h_c': h_c, 'h_p': h_p}
+    step = parallel.make_train_step(config, 'lstm_codes', 'jit')
+    t0 = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch, jax.random.key(0)).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def __call__(self):
+    self.state, m = self.compiled(self.state, self.batch, jax.random.key(0))
+    jax.block_until_ready(m)

@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks.common import (
   JaxAE,
   JaxLSTM,
+  JaxLSTMCodes,
   bench_config,
   medians,
   paired_ratios,
@@ -263,7 +264,20 @@ def main(argv=None, restart: bool = False):
         {'jax': jl, 'torch': synced(lambda: tl.step(tv))}, reps))
     rates('lstm_iteration', jl.flops(config), s_jax, _torch_flops(lambda: tl.step(tv)),
           s_torch, jl.compiled, jl.compile_s)
-    del jl, tl
+    # config.lstm.code_pool: the same update on codes encoded once, side by side with the
+    # video path and the reference.
+    jc = JaxLSTMCodes(config, video)
+    times = round_times({'video': jl, 'codes': jc, 'torch': synced(lambda: tl.step(tv))}, reps)
+    med = medians(times)
+    print(f'lstm_iteration on cached codes: {med["codes"] * 1e3:.1f} ms | video path '
+          f'{med["video"] * 1e3:.0f} ms | torch {med["torch"] * 1e3:.0f} ms; 1,000 '
+          f'iterations: {med["codes"] * 1e3:.1f} s | {med["video"] * 1e3:.0f} s | '
+          f'{med["torch"] * 1e3:.0f} s (plus one encoding pass of the pool)')
+    print(f'ratio lstm_codes video/codes: {med["video"] / med["codes"]:.2f}')
+    spread('lstm_codes', times['video'], times['codes'])
+    print(f'ratio lstm_codes_vs_torch torch/codes: {med["torch"] / med["codes"]:.2f}')
+    spread('lstm_codes_vs_torch', times['torch'], times['codes'])
+    del jl, tl, jc
 
   if 'data' not in skip:
     sample = jax.jit(lambda k: source.sample_batch(k, b, 'train')[0])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import ml_collections
+
 from mipae_jax import data, errors, losses, models
 
 DTYPES = ('float32', 'bfloat16')
@@ -27,7 +29,7 @@ REQUIRED_FIELDS = (
     'optim.lr', 'optim.b1', 'optim.b2', 'optim.eps',
     'lstm_optim.lr', 'lstm_optim.b1', 'lstm_optim.b2', 'lstm_optim.eps',
     'train.ae_steps', 'train.lstm_steps', 'train.log_every', 'train.ckpt_every',
-    'train.keep_checkpoints', 'train.profile_steps',
+    'train.keep_checkpoints', 'train.profile_steps', 'lstm.code_pool',
     'eval.mig_samples', 'eval.mig_estimator', 'eval.paper_protocol',
     'eval.knn_content_mode', 'eval.knn_pose_mode', 'eval.test_videos',
     'eval.future_frames', 'eval.seed',
@@ -39,7 +41,7 @@ REQUIRED_FIELDS = (
 # 'model.kernels': before the choice existed every run used the CPU kernel set; the field
 # may change on resume (checkpoint.RESUMABLE_FIELDS), so this only keeps the record true.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
-                'model.kernels': 'cpu'}
+                'model.kernels': 'cpu', 'lstm.code_pool': 0}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -49,6 +51,8 @@ def fill_added_fields(config) -> None:
     *groups, name = field.split('.')
     node = config
     for g in groups:
+      if g not in node:
+        node[g] = ml_collections.ConfigDict()
       node = node[g]
     if name not in node:
       node[name] = value
@@ -169,6 +173,11 @@ def validate(config, num_devices: int = 1) -> None:
           f'at most data.target_frames={d.target_frames} (the frames each test video has '
           f'after the {d.input_frames} conditioning ones); raise data.target_frames to '
           f'score longer predictions')
+  _non_negative_int(config, 'lstm.code_pool')
+  if 0 < config.lstm.code_pool < config.batch_size:
+    _fail('lstm.code_pool', config.lstm.code_pool,
+          f'0 (encode every streamed batch) or at least one batch '
+          f'(batch_size={config.batch_size}) of videos to encode once')
   if config.eval.mig_samples < 100:
     _fail('eval.mig_samples', config.eval.mig_samples, 'at least 100 (the paper uses 100,000)')
   if config.eval.mig_estimator not in MIG_ESTIMATORS:

@@ -30,7 +30,7 @@ from mipae_jax import compiler, train
 
 AXIS = 'batch'
 MODES = ('jit', 'shard_map', 'pmap')
-STAGES = ('ae', 'lstm')
+STAGES = ('ae', 'lstm', 'lstm_codes')
 
 
 def local_mesh(devices=None) -> Mesh:
@@ -50,11 +50,14 @@ def check_divisible(global_batch: int, num_devices: int):
 
 def make_train_step(config, stage: str = 'ae', mode: str = 'shard_map', mesh: Mesh | None = None,
                     donate: bool = True):
-  """The jitted step of `stage` ('ae' or 'lstm') in `mode` (see module docstring).
+  """The jitted step of `stage` ('ae', 'lstm' or 'lstm_codes') in `mode` (see module
+  docstring).
 
   Returns:
     ae:   `step(state, batch, key) -> (state, metrics)`
     lstm: `step(state, ae_variables, batch, key) -> (state, metrics)`
+    lstm_codes: `step(state, codes, key) -> (state, metrics)`, codes
+      `{'h_c': [B, Dc], 'h_p': [B, T, Dp]}` (`train.lstm_codes_step`)
     `batch` is global (`[B, T, H, W, C]` leaves) for 'jit' and 'shard_map', and
     `[D, B/D, ...]` for 'pmap'. Metrics are device-averaged scalars.
   """
@@ -62,9 +65,10 @@ def make_train_step(config, stage: str = 'ae', mode: str = 'shard_map', mesh: Me
     raise ValueError(f'stage must be one of {STAGES}; got {stage!r}.')
   if mode not in MODES:
     raise ValueError(f'mode must be one of {MODES}; got {mode!r}.')
-  fn = train.ae_train_step if stage == 'ae' else train.lstm_train_step
+  fn = {'ae': train.ae_train_step, 'lstm': train.lstm_train_step,
+        'lstm_codes': train.lstm_codes_step}[stage]
   # Arguments other than the state and the batch are replicated.
-  n_extra = 0 if stage == 'ae' else 1
+  n_extra = 1 if stage == 'lstm' else 0
   donate_argnums = (0,) if donate else ()
 
   if mode == 'jit':

@@ -19,6 +19,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -317,21 +318,73 @@ def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False)
   return state
 
 
+# fold_in index of the code pool's key in the LSTM data stream (steps use 0, 1, ...).
+_POOL_STREAM = 2 ** 32 - 1
+
+
+def encode_code_pool(config, source, ae_variables, mesh, key) -> dict:
+  """`config.lstm.code_pool` videos drawn from `source` (batch by batch, batch i from
+  `fold_in(key, i)`) and encoded once with the frozen autoencoder:
+  `{'h_c': [N, Dc], 'h_p': [N, T, Dp]}`, replicated on `mesh`.
+
+  A video's codes are a pure function of the video (inference-mode encoders), so the
+  LSTM trained on them is the LSTM trained on these videos; only the per-iteration
+  encoder passes go.
+  """
+  n, b = config.lstm.code_pool, config.batch_size
+  videos = make_batch_fn(config, source, mesh, 'lstm')
+  encode = jax.jit(functools.partial(train.encode_for_lstm, config))
+  h_c, h_p = [], []
+  for i in range(-(-n // b)):
+    c, p = encode(ae_variables, videos(jax.random.fold_in(key, i))['video'])
+    h_c.append(c)
+    h_p.append(p)
+  replicated = NamedSharding(mesh, P())
+  gather = jax.jit(lambda c, p: {'h_c': jnp.concatenate(c)[:n], 'h_p': jnp.concatenate(p)[:n]},
+                   out_shardings=replicated)
+  return gather(h_c, h_p)
+
+
+def make_code_batch_fn(config, codes: dict, mesh):
+  """`batch(key) -> {'h_c', 'h_p'}`: `config.batch_size` pool entries drawn uniformly
+  (with replacement) by `key`, split over `mesh` like a video batch."""
+  n = codes['h_c'].shape[0]
+  pick = jax.jit(
+      lambda codes, key: jax.tree.map(
+          lambda x: x[jax.random.randint(key, (config.batch_size,), 0, n)], codes),
+      out_shardings=NamedSharding(mesh, P(parallel.AXIS)))
+  return functools.partial(pick, codes)
+
+
 def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, source=None,
                mesh=None) -> StageResult:
-  """Stage 2: the pose LSTM on the frozen autoencoder of the same workdir."""
+  """Stage 2: the pose LSTM on the frozen autoencoder of the same workdir.
+
+  With `config.lstm.code_pool = N > 0` the stage first encodes N streamed videos and
+  trains on their codes (`encode_code_pool`): each iteration then runs no encoder.
+  """
   keys = root_keys(config)
   mesh = parallel.local_mesh() if mesh is None else mesh
   source = data.make_source(config.data) if source is None else source
   if ae_state is None:
     ae_state = restore_autoencoder(config, workdir)
   ae_variables = replicate_on_mesh(train.autoencoder_variables(ae_state), mesh)
-  step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
   init = train.create_lstm_state(config, keys['lstm_init'])
-  return run_stage(config, workdir, 'lstm', init, step_fn,
-                   make_batch_fn(config, source, mesh, 'lstm'), keys['lstm_data'],
-                   keys['lstm_step'], config.train.lstm_steps, mesh,
-                   extra_args=(ae_variables,), trained_on=autoencoder_record(ae_state))
+  if config.lstm.code_pool:
+    t0 = time.perf_counter()
+    codes = encode_code_pool(config, source, ae_variables, mesh,
+                             jax.random.fold_in(keys['lstm_data'], _POOL_STREAM))
+    jax.block_until_ready(codes)
+    log.info('lstm: encoded a pool of %d videos in %.1f s; training on their codes',
+             config.lstm.code_pool, time.perf_counter() - t0)
+    step_fn = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh)
+    batch_fn, extra = make_code_batch_fn(config, codes, mesh), ()
+  else:
+    step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
+    batch_fn, extra = make_batch_fn(config, source, mesh, 'lstm'), (ae_variables,)
+  return run_stage(config, workdir, 'lstm', init, step_fn, batch_fn, keys['lstm_data'],
+                   keys['lstm_step'], config.train.lstm_steps, mesh, extra_args=extra,
+                   trained_on=autoencoder_record(ae_state))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

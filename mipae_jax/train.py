@@ -294,10 +294,32 @@ def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
     (new state, {'lstm_loss', 'grad_norm'}).
   """
   del key
-  video = _split_batch(batch)[1]
+  h_c, h_p = encode_for_lstm(config, ae_variables, _split_batch(batch)[1])
+  return _lstm_update(state, h_c, h_p, config, axis_name)
+
+
+def encode_for_lstm(config, ae_variables, video):
+  """The frozen codes an LSTM iteration trains on: `video [B, T, H, W, C]` ->
+  (h_c [B, Dc] of the last conditioning frame, h_p [B, T, Dp] of every frame)."""
   h_c, _, h_p = predict.encode_video(config, lax.stop_gradient(ae_variables), video,
                                      config.data.input_frames - 1)
+  return h_c, h_p
 
+
+def lstm_codes_step(state: LSTMState, batch, key, *, config, axis_name: str | None = None):
+  """`lstm_train_step` on codes encoded beforehand (`config.lstm.code_pool`).
+
+  The encoders are frozen and in inference mode, so a video's codes are a pure function
+  of the video: this step on `encode_for_lstm`'s codes of a batch equals
+  `lstm_train_step` on the batch itself, without its 2T encoder passes.
+
+  Args: batch `{'h_c': [B, Dc], 'h_p': [B, T, Dp]}`; key unused.
+  """
+  del key
+  return _lstm_update(state, batch['h_c'], batch['h_p'], config, axis_name)
+
+
+def _lstm_update(state: LSTMState, h_c, h_p, config, axis_name):
   def objective(lstm_params):
     preds = predict.lstm_teacher_forced(config, lstm_params, h_c, h_p)
     per_step = jnp.mean((preds - h_p[:, 1:]) ** 2, axis=(0, 2))  # [T-1]

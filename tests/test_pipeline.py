@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, evaluate, parallel, pipeline
+from mipae_jax import checkpoint, data, evaluate, parallel, pipeline
 from mipae_jax.logger import NonFiniteError
 
 
@@ -85,6 +85,36 @@ def test_resumed_run_is_bit_identical(tmp_path):
   result = pipeline.train_autoencoder(config, resumed_dir)
   assert result.steps_run == 2
   assert leaves_equal(straight, result.state)
+
+
+def test_lstm_stage_on_a_code_pool_trains_and_resumes_exactly(tmp_path):
+  """config.lstm.code_pool = N: the stage encodes N streamed videos once and trains on
+  their codes; the pool is a pure function of the run, so 2 + 2 steps resumed equal 4."""
+  config = tiny.get_config()
+  config.lstm.code_pool = 3 * config.batch_size
+  config.train.lstm_steps = 4
+  config.train.ckpt_every = 2
+  ae = pipeline.train_autoencoder(config, str(tmp_path / 'a')).state
+  mesh = parallel.local_mesh()
+  ae_vars = pipeline.replicate_on_mesh(pipeline.train.autoencoder_variables(ae), mesh)
+  key = jax.random.key(3)
+  source = data.make_source(config.data)
+  codes = pipeline.encode_code_pool(config, source, ae_vars, mesh, key)
+  d = config.data
+  assert codes['h_c'].shape == (config.lstm.code_pool, config.model.content_dim)
+  assert codes['h_p'].shape == (config.lstm.code_pool, d.input_frames + d.target_frames,
+                                config.model.pose_dim)
+  assert leaves_equal(codes, pipeline.encode_code_pool(config, source, ae_vars, mesh, key))
+  straight = pipeline.train_lstm(config, str(tmp_path / 'a'), ae).state
+  config.train.lstm_steps = 2
+  pipeline.train_autoencoder(config, str(tmp_path / 'b'))
+  pipeline.train_lstm(config, str(tmp_path / 'b'), ae)
+  config.train.lstm_steps = 4
+  resumed = pipeline.train_lstm(config, str(tmp_path / 'b'), ae)
+  assert resumed.steps_run == 2
+  assert leaves_equal(straight, resumed.state)
+  records = [json.loads(x) for x in open(tmp_path / 'a' / 'metrics.jsonl')]
+  assert all(np.isfinite(r['lstm_loss']) for r in records if r['stage'] == 'lstm')
 
 
 def test_refuses_to_resume_under_a_foreign_config(tmp_path):

@@ -273,3 +273,25 @@ def test_foreground_weight_scales_lit_pixels_only():
   cfg.loss.fg_weight = 0.5
   with pytest.raises(ValueError, match='loss.fg_weight'):
     configuration.validate(cfg)
+
+
+def test_lstm_on_cached_codes_equals_the_lstm_on_the_videos(config, state):
+  """config.lstm.code_pool: three LSTM iterations on codes encoded once equal three on the
+  same videos encoded in each iteration (the published way): same batches, same
+  parameters, same losses."""
+  ae = train.autoencoder_variables(state)
+  d = config.data
+  pool = jax.random.uniform(jax.random.key(5), (8, d.input_frames + d.target_frames,
+                                                d.image_size, d.image_size, d.channels))
+  h_c, h_p = jax.jit(functools.partial(train.encode_for_lstm, config))(ae, pool)
+  video_step = parallel.make_train_step(config, 'lstm', 'jit', donate=False)
+  code_step = parallel.make_train_step(config, 'lstm_codes', 'jit', donate=False)
+  a = b = train.create_lstm_state(config, jax.random.key(1))
+  for i in range(3):
+    idx = jax.random.randint(jax.random.key(10 + i), (config.batch_size,), 0, 8)
+    a, am = video_step(a, ae, {'video': pool[idx]}, jax.random.key(0))
+    b, bm = code_step(b, {'h_c': h_c[idx], 'h_p': h_p[idx]}, jax.random.key(0))
+    np.testing.assert_allclose(bm['lstm_loss'], am['lstm_loss'], rtol=1e-6)
+  assert tree_max_diff(a.lstm.params, b.lstm.params) < 1e-6
+  assert tree_max_diff(a.lstm.params, train.create_lstm_state(
+      config, jax.random.key(1)).lstm.params) > 1e-4  # It did train.

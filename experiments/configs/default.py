@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.lstm_optim.b2 = 0.999
   c.lstm_optim.eps = 1e-8
 
+  c.lstm = ml_collections.ConfigDict()  # The pose-LSTM stage.
+  # 0: encode every streamed batch in every iteration (the published way). N > 0: encode
+  # N streamed videos once and train on their codes (no encoder pass per iteration; the
+  # LSTM sees those N videos only, drawn with replacement).
+  c.lstm.code_pool = 0
+
   c.train = ml_collections.ConfigDict()
   c.train.ae_steps = 400 * 600  # Autoencoder iterations (400 epochs x 600).
   c.train.lstm_steps = 200 * 600  # LSTM iterations.
