@@ -55,6 +55,7 @@ _RESERVED_METADATA = ('step', 'wall_time', 'stage', 'state_digest')
 # (model.kernels: how a layer is computed, the same parameters and values either way).
 RESUMABLE_FIELDS = (
     'model.kernels',
+    'data.data_dir',  # Where a prepared dataset sits; the dataset itself is recorded.
     'train.ae_steps',
     'train.lstm_steps',
     'train.log_every',

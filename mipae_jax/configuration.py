@@ -21,7 +21,7 @@ REQUIRED_FIELDS = (
     'seed', 'batch_size',
     'data.name', 'data.image_size', 'data.channels', 'data.input_frames',
     'data.target_frames', 'data.num_objects', 'data.rotation', 'data.path',
-    'data.split_seed',
+    'data.split_seed', 'data.pipeline', 'data.tfds_name', 'data.data_dir',
     'model.arch', 'model.nf', 'model.content_dim', 'model.pose_dim', 'model.skips',
     'model.normalize_pose', 'model.kernels',
     'model.critic_width', 'model.lstm_hidden', 'model.lstm_layers', 'model.dtype',
@@ -41,7 +41,8 @@ REQUIRED_FIELDS = (
 # 'model.kernels': before the choice existed every run used the CPU kernel set; the field
 # may change on resume (checkpoint.RESUMABLE_FIELDS), so this only keeps the record true.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
-                'model.kernels': 'cpu', 'lstm.code_pool': 0}
+                'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
+                'data.tfds_name': '', 'data.data_dir': ''}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 

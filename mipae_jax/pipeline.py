@@ -83,6 +83,15 @@ def _place_from_host(tree, sharding):
   return jax.tree.map(put, tree)
 
 
+def stage_batches(config, source, mesh, stage: str, num_steps: int):
+  """The batches of a stage: `make_batch_fn`'s for the stream, a `TrainBatches` reader of
+  the prepared train split for `config.data.pipeline='tfds'`."""
+  if config.data.pipeline == 'tfds':
+    from mipae_jax.data import tfds_source
+    return tfds_source.TrainBatches(config, source.sources['train'], mesh, stage, num_steps)
+  return make_batch_fn(config, source, mesh, stage)
+
+
 def make_batch_fn(config, source, mesh, stage: str):
   """`batch(key) -> {'video', 'critic_video'?}` global batch split over `mesh`.
 
@@ -187,13 +196,16 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     init_state: a fresh state (used when the workdir has no checkpoint of `stage`).
     step_fn: the jitted data-parallel step; called as
       `step_fn(state, *extra_args, batch, step_key)`.
-    batch_fn: `key -> global batch`, given `fold_in(data_key, step)`.
+    batch_fn: `key -> global batch`, given `fold_in(data_key, step)`; or a reader with
+      `for_step(step)`, `get_state()`, `restore(state, step)` and `epoch(step)`
+      (`data.tfds_source.TrainBatches`), whose state every checkpoint holds.
     data_key, step_key: the stage's data stream and the root key its steps fold
       their step number into.
     trained_on: recorded in every checkpoint (the LSTM stage: `autoencoder_record`); a
       checkpoint recording another value is set aside and the stage starts afresh.
   """
   tc = config.train
+  reader = hasattr(batch_fn, 'for_step')
   store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
                                      enabled=distributed.is_chief())
   state, start = init_state, 0
@@ -203,6 +215,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     reason = _stale_reason(meta, trained_on) if trained_on is not None else None
     if reason is None:
       state, start = restored, restored_step
+      if reader:
+        batch_fn.restore(meta.get(DATA_ITERATOR), start)
       log.info('%s: resumed from step %d in %s', stage, start, store.directory)
     else:
       store = _set_aside(store, reason)
@@ -228,7 +242,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           distributed.peer_failures(stage, lambda: step, store)):
       while step < num_steps:
         profiler.before_step(step)
-        batch = batch_fn(jax.random.fold_in(data_key, step))
+        batch = (batch_fn.for_step(step) if reader
+                 else batch_fn(jax.random.fold_in(data_key, step)))
         state, metrics = step_fn(state, *extra_args, batch, step_key)
         step += 1
         zero_grads.update(step, metrics)
@@ -243,13 +258,17 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           last_metrics = _host_metrics(metrics)
           check_finite(step, last_metrics, stage, checkpoint_dir=store.directory,
                        saved_step=saved)
+          if reader:
+            last_metrics['epoch'] = batch_fn.epoch(step - 1)
           metric_logger.write_scalars(step, last_metrics)
           bar.update(step - shown, last_metrics)
           shown = step
         if at_log:
           zero_grads.check(stage, step)
         if at_ckpt:
-          store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata})
+          reader_state = {DATA_ITERATOR: batch_fn.get_state()} if reader else {}
+          store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata,
+                                            **reader_state})
           saved = step
         if stopping:
           raise distributed.Preempted(
@@ -271,8 +290,8 @@ def train_autoencoder(config, workdir: str, source=None, mesh=None) -> StageResu
   step_fn = parallel.make_train_step(config, 'ae', 'shard_map', mesh)
   init = train.create_train_state(config, keys['ae_init'])
   return run_stage(config, workdir, 'ae', init, step_fn,
-                   make_batch_fn(config, source, mesh, 'ae'), keys['ae_data'], keys['ae_step'],
-                   config.train.ae_steps, mesh)
+                   stage_batches(config, source, mesh, 'ae', config.train.ae_steps),
+                   keys['ae_data'], keys['ae_step'], config.train.ae_steps, mesh)
 
 
 def restore_autoencoder(config, workdir: str) -> train.AEState:
@@ -381,7 +400,8 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
     batch_fn, extra = make_code_batch_fn(config, codes, mesh), ()
   else:
     step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
-    batch_fn, extra = make_batch_fn(config, source, mesh, 'lstm'), (ae_variables,)
+    batch_fn = stage_batches(config, source, mesh, 'lstm', config.train.lstm_steps)
+    extra = (ae_variables,)
   return run_stage(config, workdir, 'lstm', init, step_fn, batch_fn, keys['lstm_data'],
                    keys['lstm_step'], config.train.lstm_steps, mesh, extra_args=extra,
                    trained_on=autoencoder_record(ae_state))
@@ -402,7 +422,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
         checkpoint.check_config(workdir, config)
       checkpoint.record_config(workdir, config)
+      if config.data.pipeline == 'tfds':
+        check_dataset_record(workdir, config)
     return _train_and_evaluate(config, workdir)
+
+
+DATASET_FILE = 'dataset.json'
+DATA_ITERATOR = 'data_iterator'  # Checkpoint metadata key of a reader's state.
+
+
+def check_dataset_record(workdir: str, config) -> None:
+  """Records which prepared dataset (name, version, split sizes) a tfds run trains on,
+  and refuses (DataError) to go on with another one."""
+  import json
+
+  from mipae_jax.data import tfds_source
+  current = tfds_source.record(config.data)
+  path = os.path.join(workdir, DATASET_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    if recorded != current:
+      raise errors.DataError(
+          f'{workdir} was trained on the prepared dataset {recorded}, not on {current} '
+          f'(config.data.tfds_name / data_dir). Point them at the dataset the run started '
+          'with, or start a new workdir.')
+    return
+  checkpoint.atomic_write_text(path, json.dumps(current, indent=2) + '\n')
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:

@@ -21,6 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.rotation = False  # dSprites only: orientation moves and becomes a pose factor.
   c.data.path = ''  # User-provided array/files; '' = render procedurally where possible.
   c.data.split_seed = 0  # Seed of the held-out content-combination split.
+  # 'stream': videos sampled as training goes (on device where possible). 'tfds': read a
+  # dataset built once by `python -m mipae_jax.data.prepare` (it prints these fields).
+  c.data.pipeline = 'stream'
+  c.data.tfds_name = ''  # 'tfds': the prepared dataset, builder/config.
+  c.data.data_dir = ''  # 'tfds': the TFDS data dir holding it.
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = 'dcgan'  # dcgan (MNIST, dSprites) | vgg (MPI3D: VGG E_c + D, ResNet E_p).

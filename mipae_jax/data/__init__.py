@@ -50,9 +50,34 @@ def fail(field: str, expected: str, found, fix: str):
   raise errors.ConfigError(f'config.data.{field}: expected {expected}, found {found!r}. {fix}')
 
 
+PIPELINES = ('stream', 'tfds')
+
+
 def validate(data_config) -> None:
-  """Checks `config.data`; raises ConfigError / DataNotFoundError naming the field."""
+  """Checks `config.data`; raises ConfigError / DataNotFoundError naming the field.
+
+  With `pipeline='tfds'` the prepared dataset is opened and checked against the config
+  (the files the stream would read are not needed then)."""
   c = data_config
+  if c.pipeline not in PIPELINES:
+    fail('pipeline', f'one of {PIPELINES}', c.pipeline,
+         "'stream' samples videos as training goes; 'tfds' reads a dataset built by "
+         '`python -m mipae_jax.data.prepare`.')
+  if c.pipeline == 'tfds':
+    _validate_common(c)
+    from mipae_jax.data import tfds_source
+    tfds_source.open_prepared(c)
+    return
+  validate_stream_fields(c)
+
+
+def validate_stream_fields(data_config) -> None:
+  """The checks of `validate` for sampling the dataset itself (the stream, `prepare`)."""
+  _validate_common(data_config)
+  DATASETS[data_config.name].check(data_config)
+
+
+def _validate_common(c) -> None:
   if c.name not in DATASETS:
     fail('name', f'one of {tuple(DATASETS)}', c.name,
          'Set config.data.name to a known dataset.')
@@ -70,7 +95,6 @@ def validate(data_config) -> None:
   if c.rotation and c.name != 'moving_dsprites':
     fail('rotation', 'False for ' + c.name, c.rotation,
          'Sprite rotation exists for moving_dsprites only.')
-  DATASETS[c.name].check(c)
 
 
 def _check_objects(c) -> None:
@@ -140,6 +164,10 @@ register('mpi3d', Dataset(build=_build_mpi3d, check=_check_mpi3d))
 
 
 def make_source(data_config) -> VideoSource:
-  """Builds the `VideoSource` that `config.data` describes (validated first)."""
+  """Builds the `VideoSource` that `config.data` describes (validated first): the
+  dataset's own for the stream, the prepared dataset's splits for `pipeline='tfds'`."""
   validate(data_config)
+  if data_config.pipeline == 'tfds':
+    from mipae_jax.data import tfds_source
+    return tfds_source.TfdsVideos(data_config)
   return DATASETS[data_config.name].build(data_config)

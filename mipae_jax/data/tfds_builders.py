@@ -220,6 +220,11 @@ class _Mpi3dMeta:
 def build(builder_cls, config: str, data_dir: str, manual_dir: str | None = None):
   """Builds (if needed) one dataset config as array_record; returns the builder."""
   builder = builder_cls(config=config, data_dir=data_dir, file_format='array_record')
+  return prepare_builder(builder, manual_dir)
+
+
+def prepare_builder(builder, manual_dir: str | None = None):
+  """`builder.download_and_prepare()`, leaving no files at all if the build fails."""
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
