@@ -6,7 +6,9 @@
 Measures (a) the autoencoder iteration (critic step + model step), and the same iteration
 under each kernel set of `config.model.kernels` ('xla' against 'cpu'), (b) the LSTM iteration,
 (c) data: sequences/s of the on-device Moving dSprites stream vs the per-sample numpy loop
-(the published Dataset + DataLoader way), (d) data + AE step end to end. Implementations
+(the published Dataset + DataLoader way), (d) data + AE step end to end, (e) a prepared
+TFDS dataset read through grain (`config.data.pipeline='tfds'`) at 1 and 2 reader
+threads against the stream, alone and feeding the AE iteration. Implementations
 alternate run by run and the medians are compared, because the machine may be shared; each
 ratio line is followed by the range of the per-round ratios (both sides timed back to back
 in one round), which shows how much the machine's load moved it.
@@ -133,6 +135,12 @@ def _torch_flops(fn) -> float:
   return float(counter.get_total_flops())
 
 
+def _advance(at: dict, w: int) -> int:
+  """The step reader `w` is at, counted one further."""
+  at[w] += 1
+  return at[w] - 1
+
+
 def main(argv=None, restart: bool = False):
   """Runs the benchmark; `restart` (the module entry point) lets `--malloc tuned` restart
   the process with `TUNED_MALLOC` first (`exec_with_allocator`)."""
@@ -144,7 +152,7 @@ def main(argv=None, restart: bool = False):
   parser.add_argument('--reps', type=int, default=0, help='timed rounds (default 5 / 7)')
   parser.add_argument('--no_torch_channels_last', action='store_true')
   parser.add_argument('--skip', default='',
-                      help='comma list of: ae,kernels,lstm,data,e2e,sweep')
+                      help='comma list of: ae,kernels,lstm,data,e2e,tfds,sweep')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype of both sides; parameters stay float32')
   parser.add_argument('--torch_device', default='auto',
@@ -322,6 +330,63 @@ def main(argv=None, restart: bool = False):
 
     # As many rounds as the steps alone: with 3, one run gave per-round ratios 0.92-1.34.
     report('end_to_end', round_times({'jax': jax_e2e, 'torch': torch_e2e}, reps))
+
+  if 'tfds' not in skip:
+    # config.data.pipeline='tfds': a small prepared dataset (2 AE steps' worth of videos,
+    # at least 16), read through grain at 1 and 2 reader threads, against the on-device
+    # stream; then the AE iteration fed by each (does the reader keep up?).
+    import tempfile
+    import time
+
+    from mipae_jax.data import prepare as prepare_lib
+    from mipae_jax.data import tfds_source
+    tmp = tempfile.mkdtemp(prefix='mipae_bench_tfds_')
+    n_videos = max(16, 4 * b)
+    t0 = time.perf_counter()
+    tc = config.copy_and_resolve_references()
+    tc.data.tfds_name = prepare_lib.prepare(config.data, tmp, n_videos, 2)
+    tc.data.pipeline, tc.data.data_dir = 'tfds', tmp
+    print(f'tfds: prepared {n_videos} videos in {time.perf_counter() - t0:.0f} s')
+    tsrc = tfds_source.TfdsVideos(tc.data)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('batch',))
+    steps = 10 ** 6
+    readers = {w: tfds_source.TrainBatches(tc, tsrc.sources['train'], mesh, 'ae', steps,
+                                           num_threads=w) for w in (1, 2)}
+    at = {w: 0 for w in readers}
+
+    def read(w):
+      def call():
+        jax.block_until_ready(readers[w].for_step(at[w]))
+        at[w] += 1
+      return call
+
+    sample2 = jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
+                                 'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
+                                                                     b)[0]})
+    keys = iter(jax.random.split(jax.random.key(5), 10 ** 4))
+    stream = lambda: jax.block_until_ready(sample2(next(keys)))
+    times = round_times({'stream': stream, 'tfds_1': read(1), 'tfds_2': read(2)}, reps)
+    med = medians(times)
+    rates_ = {k: 2 * b / v for k, v in med.items()}
+    print(f'data per AE step (2 batches): on-device stream {rates_["stream"]:.0f} seq/s | '
+          f'tfds, 1 reader thread {rates_["tfds_1"]:.0f} seq/s | 2 threads '
+          f'{rates_["tfds_2"]:.0f} seq/s')
+    print(f'ratio tfds_read tfds2/stream: {med["stream"] / med["tfds_2"]:.2f}')
+    spread('tfds_read', times['stream'], times['tfds_2'])
+    if jae is None:
+      jae = JaxAE(config, video, critic_video)
+    fed = {'stream': lambda: jae(sample2(next(keys))),
+           'tfds_1': lambda: jae(readers[1].for_step(_advance(at, 1))),
+           'tfds_2': lambda: jae(readers[2].for_step(_advance(at, 2))),
+           'step_alone': jae}
+    times = round_times(fed, reps)
+    med = medians(times)
+    print(f'ae_iteration fed by: stream {med["stream"] * 1e3:.0f} ms | tfds 1 thread '
+          f'{med["tfds_1"] * 1e3:.0f} ms | 2 threads {med["tfds_2"] * 1e3:.0f} ms | the step '
+          f'alone (one fixed batch) {med["step_alone"] * 1e3:.0f} ms')
+    print(f'ratio tfds_e2e tfds2/stream: {med["stream"] / med["tfds_2"]:.2f}')
+    spread('tfds_e2e', times['stream'], times['tfds_2'])
+    del readers
 
   if 'sweep' not in skip:
     sizes = (25, 50, 100) if args.quick else (25, 50, 100, 200)

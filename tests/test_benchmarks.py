@@ -62,7 +62,8 @@ def test_benchmark_prints_every_ratio(capsys):
   out = capsys.readouterr().out
   ratios = dict(re.findall(r'^ratio (\w+) [\w/]+: ([\d.]+)$', out, re.M))
   assert set(ratios) == {'ae_iteration', 'ae_kernels', 'lstm_iteration', 'lstm_codes',
-                         'lstm_codes_vs_torch', 'data_stream', 'end_to_end'}
+                         'lstm_codes_vs_torch', 'data_stream', 'end_to_end', 'tfds_read',
+                         'tfds_e2e'}
   assert all(float(r) > 0 for r in ratios.values())
   assert re.search(r'ae_iteration: XLA [\d.]+ GFLOP/iteration .* of the given float32 peak', out)
   table = [line for line in out.splitlines() if line.startswith('| ') and 'ms |' in line]
