@@ -101,6 +101,28 @@ def test_host_sampled_source_trains_alike_on_two_processes(tmp_path, cache_dir):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir):
+  """config.data.pipeline='tfds': each process reads only its devices' rows of the global
+  batch from the prepared dataset; together they train exactly as one process holding
+  both devices (rows read twice or not at all would change the parameters)."""
+  from experiments.configs import tiny
+  from mipae_jax.data import prepare
+  data_dir = tmp_path / 'tfds'
+  name = prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)
+  flag = f'--tfds={name}@{data_dir}'
+  single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=2, devices=2,
+                  cache_dir=cache_dir, extra=[flag])
+  assert single.wait(TIMEOUT) == 0, single.report()
+  pair = start_pair(tmp_path / 'multi', tmp_path / 'multi.npz', cache_dir, ae_steps=2,
+                    more=[flag])
+  for w in pair:
+    assert w.wait(TIMEOUT) == 0, w.report()
+  want = load_leaves(tmp_path / 'single.npz')
+  for i in range(2):
+    for a, b in zip(load_leaves(tmp_path / f'multi.p{i}.npz'), want, strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize('victim', [1, 0], ids=['worker_killed', 'chief_killed'])
 def test_a_killed_process_stops_the_other_within_bounded_time(tmp_path, cache_dir, victim):
   pair = start_pair(tmp_path / 'run', tmp_path / 'out.npz', cache_dir, ae_steps=10_000,

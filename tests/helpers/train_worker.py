@@ -2,7 +2,7 @@
 
   python tests/helpers/train_worker.py --workdir=W --ae_steps=12 --ckpt_every=2 \
       --out=final.npz [--step_delay=0.05] [--coordinator=127.0.0.1:PORT \
-      --num_processes=2 --process_id=I] [--host_source]
+      --num_processes=2 --process_id=I] [--host_source] [--tfds=NAME@DATA_DIR]
 
 Prints `STEP k` (stdout, flushed) after each train step, so a test can time a kill, and
 `pipeline`'s own log lines (stderr), among them `ae: resumed from step k`. On success it
@@ -35,6 +35,8 @@ def main():
   p.add_argument('--heartbeat_timeout', type=int, default=10)
   p.add_argument('--host_source', action='store_true',
                  help='Sample on the host with numpy, as MPI3D does (HostRendered).')
+  p.add_argument('--tfds', default=None,
+                 help='NAME@DATA_DIR: train from this prepared dataset (pipeline=tfds).')
   p.add_argument('--audit_writes', default=None,
                  help='Write a JSON list of the Python-level writes this process made '
                       'under --workdir (opens for writing, mkdir, rename, remove) here.')
@@ -89,6 +91,9 @@ def main():
   config.train.ae_steps = args.ae_steps
   config.train.ckpt_every = args.ckpt_every
   config.train.lstm_steps = 0
+  if args.tfds:
+    config.data.pipeline = 'tfds'
+    config.data.tfds_name, config.data.data_dir = args.tfds.split('@')
   try:
     source = HostRendered(data.make_source(config.data)) if args.host_source else None
     result = pipeline.train_autoencoder(config, args.workdir, source=source)
