@@ -32,7 +32,7 @@ REQUIRED_FIELDS = (
     'train.keep_checkpoints', 'train.profile_steps', 'lstm.code_pool',
     'eval.mig_samples', 'eval.mig_estimator', 'eval.paper_protocol',
     'eval.knn_content_mode', 'eval.knn_pose_mode', 'eval.test_videos',
-    'eval.future_frames', 'eval.seed',
+    'eval.future_frames', 'eval.seed', 'eval.test_seq',
 )
 
 
@@ -42,7 +42,7 @@ REQUIRED_FIELDS = (
 # may change on resume (checkpoint.RESUMABLE_FIELDS), so this only keeps the record true.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
-                'data.tfds_name': '', 'data.data_dir': ''}
+                'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': ''}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -179,6 +179,17 @@ def validate(config, num_devices: int = 1) -> None:
     _fail('lstm.code_pool', config.lstm.code_pool,
           f'0 (encode every streamed batch) or at least one batch '
           f'(batch_size={config.batch_size}) of videos to encode once')
+  if config.eval.test_seq:
+    if d.name != 'moving_mnist' or d.channels != 1:
+      _fail('eval.test_seq', config.eval.test_seq,
+            "'' unless data.name='moving_mnist' with data.channels=1 (the standard test set "
+            'is grayscale Moving MNIST)')
+    from mipae_jax.data import moving_mnist
+    frames = moving_mnist.load_test_seq(config.eval.test_seq).shape[0]
+    if d.input_frames + config.eval.future_frames > frames:
+      _fail('eval.future_frames', config.eval.future_frames,
+            f'at most {frames - d.input_frames}: the test set has {frames} frames and '
+            f'{d.input_frames} are context')
   if config.eval.mig_samples < 100:
     _fail('eval.mig_samples', config.eval.mig_samples, 'at least 100 (the paper uses 100,000)')
   if config.eval.mig_estimator not in MIG_ESTIMATORS:

@@ -130,6 +130,30 @@ def headline(results: dict) -> dict:
   return results['mig'][results['mig'].get('estimator', 'paper')]
 
 
+def prediction_videos(config, source) -> tuple[np.ndarray, str]:
+  """The test videos prediction is scored on `[N, T, H, W, C]`, and what they are.
+
+  `config.eval.test_seq` (a Moving MNIST run): the first `eval.test_videos` sequences of
+  the standard test set `mnist_test_seq.npy` (Srivastava et al. 2015; 10,000 sequences of
+  20 frames), in their published order. Otherwise `eval.test_videos` videos of the
+  dataset's test split, fixed by `eval.seed`.
+  """
+  path = config.eval.test_seq
+  if path:
+    from mipae_jax.data import moving_mnist
+    seq = moving_mnist.load_test_seq(path)
+    n = min(config.eval.test_videos, seq.shape[1])
+    frames = config.data.input_frames + config.eval.future_frames
+    videos = moving_mnist.test_seq_videos(seq, 0, n, config.data.image_size)[:, :frames]
+    return videos, (f'the standard Moving MNIST test set ({os.path.basename(path)}): '
+                    f'sequences 0-{n - 1} of {seq.shape[1]}, frames 0-'
+                    f'{config.data.input_frames - 1} as context, the next '
+                    f'{config.eval.future_frames} scored')
+  videos, _ = source.test_videos(config.eval.seed, config.eval.test_videos)
+  return (np.asarray(videos, np.float32),
+          f'{len(videos)} test-split videos fixed by eval.seed={config.eval.seed}')
+
+
 def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict, np.ndarray]:
   """Per-future-step SSIM/PSNR of LSTM predictions on fixed test `videos [N, T, ...]`.
 
@@ -200,12 +224,12 @@ def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, sou
              'lstm_step': None if lstm_state is None else int(lstm_state.step),
              'timings': timings or {}}
   results['mig'] = disentanglement(config, ae_variables, source)
-  videos, _ = source.test_videos(config.eval.seed, config.eval.test_videos)
-  videos = np.asarray(videos, np.float32)
+  videos, test_set = prediction_videos(config, source)
   preds = None
   if lstm_params is not None:
     results['prediction'], preds = prediction_quality(config, ae_variables, lstm_params,
                                                       videos)
+    results['prediction']['test_set'] = test_set
     p = results['prediction']
     visualize.plot_per_step({config.loss.name: (p['ssim_mean'], p['ssim_ci95'])},
                             os.path.join(out_dir, 'ssim.png'), 'SSIM')
@@ -317,6 +341,8 @@ def render_report(config, results: dict) -> str:
         '|---|' + '---|' * steps,
         '| SSIM | ' + ' | '.join(f'{v:.3f}' for v in p['ssim_mean']) + ' |',
         '| PSNR | ' + ' | '.join(f'{v:.2f}' for v in p['psnr_mean']) + ' |',
+        '',
+        f'Test set: {p.get("test_set", "test-split videos fixed by eval.seed")}.',
         '',
         f'Protocol: {p["protocol"]}',
         '',

@@ -258,3 +258,35 @@ def test_mnist_sample_with_explicit_data(mnist_dir):
   w, fb = src.jit_sample_batch(jax.random.key(4), 3, 'test')
   np.testing.assert_array_equal(np.asarray(v), np.asarray(w))
   np.testing.assert_array_equal(np.asarray(fa['content']), np.asarray(fb['content']))
+
+
+def test_standard_moving_mnist_test_set_scores_prediction(tmp_path):
+  """config.eval.test_seq: prediction is scored on the first eval.test_videos sequences of
+  mnist_test_seq.npy ([20, N, 64, 64] uint8, frames first), context then future frames,
+  and the report says which; other datasets refuse the option."""
+  from experiments.configs import mnist as mnist_config
+  from mipae_jax import configuration, errors, evaluate
+  x, y = fake_mnist(200, 0)
+  np.savez(tmp_path / 'mnist.npz', x_train=x, y_train=y, x_test=x[:50], y_test=y[:50])
+  seq = np.random.default_rng(0).integers(0, 256, (20, 30, 64, 64)).astype(np.uint8)
+  np.save(tmp_path / 'mnist_test_seq.npy', seq)
+  c = mnist_config.get_config()
+  c.data.path = str(tmp_path / 'mnist.npz')
+  c.data.channels, c.data.image_size = 1, 32
+  c.data.input_frames, c.data.target_frames = 5, 10
+  c.eval.future_frames, c.eval.test_videos = 10, 12
+  c.eval.test_seq = str(tmp_path / 'mnist_test_seq.npy')
+  configuration.validate(c)
+  videos, what = evaluate.prediction_videos(c, None)
+  assert videos.shape == (12, 15, 32, 32, 1)
+  want = seq[:15, 3].astype(np.float32).reshape(15, 32, 2, 32, 2).mean(axis=(2, 4)) / 255
+  np.testing.assert_allclose(videos[3, ..., 0], want, rtol=1e-6)
+  assert what == ('the standard Moving MNIST test set (mnist_test_seq.npy): sequences 0-11 '
+                  'of 30, frames 0-4 as context, the next 10 scored')
+  c.eval.future_frames = 16
+  c.data.target_frames = 16
+  with pytest.raises(errors.ConfigError, match='at most 15: the test set has 20 frames'):
+    configuration.validate(c)
+  c.data.channels = 3
+  with pytest.raises(errors.ConfigError, match="config.eval.test_seq=.* unless data.name="):
+    configuration.validate(c)

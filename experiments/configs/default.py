@@ -101,5 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.knn_pose_mode = 'continuous'
   c.eval.test_videos = 1000  # Fixed, seeded test videos for SSIM/PSNR.
   c.eval.future_frames = 10  # Predicted steps scored.
+  # Moving MNIST: path of the standard test set mnist_test_seq.npy (10,000 sequences of
+  # 20 frames) to score prediction on its first test_videos sequences; '' = the test split.
+  c.eval.test_seq = ''
   c.eval.seed = 1234  # Seed of the evaluation set (fixed across runs).
   return c
