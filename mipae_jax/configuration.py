@@ -175,6 +175,10 @@ def validate(config, num_devices: int = 1) -> None:
           f'after the {d.input_frames} conditioning ones); raise data.target_frames to '
           f'score longer predictions')
   _non_negative_int(config, 'lstm.code_pool')
+  if config.lstm.code_pool and d.pipeline == 'tfds':
+    _fail('lstm.code_pool', config.lstm.code_pool,
+          "0 for data.pipeline='tfds': such a run already trains the LSTM on the cached "
+          'codes of its whole train split')
   if 0 < config.lstm.code_pool < config.batch_size:
     _fail('lstm.code_pool', config.lstm.code_pool,
           f'0 (encode every streamed batch) or at least one batch '

@@ -380,7 +380,9 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   """Stage 2: the pose LSTM on the frozen autoencoder of the same workdir.
 
   With `config.lstm.code_pool = N > 0` the stage first encodes N streamed videos and
-  trains on their codes (`encode_code_pool`): each iteration then runs no encoder.
+  trains on their codes (`encode_code_pool`): each iteration then runs no encoder. A
+  `pipeline='tfds'` run always does so, with the whole train split as the pool, read in
+  the order the video path would read it (`tfds_source.encode_split`).
   """
   keys = root_keys(config)
   mesh = parallel.local_mesh() if mesh is None else mesh
@@ -389,7 +391,21 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
     ae_state = restore_autoencoder(config, workdir)
   ae_variables = replicate_on_mesh(train.autoencoder_variables(ae_state), mesh)
   init = train.create_lstm_state(config, keys['lstm_init'])
-  if config.lstm.code_pool:
+  if config.data.pipeline == 'tfds':
+    # A fixed dataset: encode its train split once and train on the codes, in the order
+    # the video path would read the videos.
+    from mipae_jax.data import tfds_source
+    t0 = time.perf_counter()
+    codes = tfds_source.encode_split(config, source.sources['train'], ae_variables, mesh,
+                                     jax.jit(functools.partial(train.encode_for_lstm, config)))
+    jax.block_until_ready(codes)
+    log.info('lstm: encoded the %d train videos in %.1f s; training on their codes',
+             codes['h_c'].shape[0], time.perf_counter() - t0)
+    step_fn = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh)
+    batch_fn = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm',
+                                        config.train.lstm_steps, codes=codes)
+    extra = ()
+  elif config.lstm.code_pool:
     t0 = time.perf_counter()
     codes = encode_code_pool(config, source, ae_variables, mesh,
                              jax.random.fold_in(keys['lstm_data'], _POOL_STREAM))

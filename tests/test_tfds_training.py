@@ -142,3 +142,34 @@ def test_prepare_command_prints_the_overrides(tmp_path):
        f'--config={ROOT}/experiments/configs/tiny.py', f'--data_dir={tmp_path}',
        '--train_videos=0'], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
   assert bad.returncode == 2 and '--train_videos=0' in bad.stderr
+
+
+def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prepared):
+  """A tfds run encodes its train split once; its LSTM iterations, on those codes in the
+  reader's order, equal iterations that read and encode the videos in that order."""
+  config = prepared
+  mesh = parallel.local_mesh()
+  source = tfds_source.TfdsVideos(config.data)
+  ae = pipeline.replicate_on_mesh(pipeline.train.autoencoder_variables(
+      pipeline.train.create_train_state(config, jax.random.key(0))), mesh)
+  encode = jax.jit(lambda a, v: pipeline.train.encode_for_lstm(config, a, v))
+  codes = tfds_source.encode_split(config, source.sources['train'], ae, mesh, encode)
+  assert codes['h_p'].shape == (12, 4, config.model.pose_dim)
+  videos = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm', 3)
+  cached = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm', 3,
+                                    codes=codes)
+  video_step = parallel.make_train_step(config, 'lstm', 'shard_map', mesh, donate=False)
+  code_step = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh, donate=False)
+  a = b = pipeline.replicate_on_mesh(pipeline.train.create_lstm_state(
+      config, jax.random.key(1)), mesh)
+  for step in range(3):
+    a, am = video_step(a, ae, videos.for_step(step), jax.random.key(0))
+    b, bm = code_step(b, cached.for_step(step), jax.random.key(0))
+    np.testing.assert_allclose(bm['lstm_loss'], am['lstm_loss'], rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(a.lstm.params), jax.tree.leaves(b.lstm.params),
+                  strict=True):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+  bad = prepared.copy_and_resolve_references()
+  bad.lstm.code_pool = 8
+  with pytest.raises(errors.ConfigError, match='already trains the LSTM on the cached'):
+    configuration.validate(bad)

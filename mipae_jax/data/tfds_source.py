@@ -141,7 +141,9 @@ class TrainBatches:
   """
 
   def __init__(self, config, train_source, mesh, stage: str, num_steps: int,
-               num_threads: int = 2, prefetch: int = 2):
+               num_threads: int = 2, prefetch: int = 2, codes: dict | None = None):
+    """`codes` (the LSTM stage, `encode_split`): batches are these records' codes
+    `{'h_c', 'h_p'}` instead of their videos, in the same order."""
     self.b = config.batch_size
     self.per_step = 2 if stage == 'ae' else 1
     self.n = len(train_source)
@@ -161,13 +163,20 @@ class TrainBatches:
       out = []
       for k in range(self.per_step):
         start = (step * self.per_step + k) * self.b
-        out.append(np.stack([train_source[int(order[start + r])]['video'] for r in rows]))
+        ids = [int(order[start + r]) for r in rows]
+        out.append(np.asarray(ids, np.int32) if codes is not None else
+                   np.stack([train_source[i]['video'] for i in ids]))
       return out
 
     self._steps = grain.MapDataset.range(num_steps).map(read).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     self._iter = iter(self._steps)
     self._to_model = jax.jit(functools.partial(_to_model, image_size=d.image_size),
+                             out_shardings=self.sharding)
+    self._codes = codes
+    if codes is not None:
+      self.global_shape = (self.b,)
+      self._gather = jax.jit(lambda codes, i: jax.tree.map(lambda x: x[i], codes),
                              out_shardings=self.sharding)
     self._epoch = None
 
@@ -200,10 +209,38 @@ class TrainBatches:
     if epoch != self._epoch:
       log.info('%s: epoch %d (of %d videos) at step %d', self.stage, epoch, self.n, step)
       self._epoch = epoch
-    parts = next(self._iter)
-    arrays = [self._to_model(jax.make_array_from_process_local_data(
-        self.sharding, p, self.global_shape)) for p in parts]
-    return dict(zip(('video', 'critic_video'), arrays, strict=False))
+    parts = [jax.make_array_from_process_local_data(self.sharding, p, self.global_shape)
+             for p in next(self._iter)]
+    if self._codes is not None:
+      return self._gather(self._codes, parts[0])
+    return dict(zip(('video', 'critic_video'), map(self._to_model, parts), strict=False))
+
+
+def encode_split(config, split_source, ae_variables, mesh, encode) -> dict:
+  """Codes `{'h_c': [N, Dc], 'h_p': [N, T, Dp]}` of every video of a split, in record
+  order, replicated on `mesh`: `encode(ae_variables, videos) -> (h_c, h_p)` runs on
+  batches of `config.batch_size` (the last one padded by repeating its final record)."""
+  n, b = len(split_source), config.batch_size
+  sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+  shape = (b, config.data.input_frames + config.data.target_frames, 64, 64,
+           config.data.channels)
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(shape).values():
+    rows.update(range(*index[0].indices(b)))
+  rows = sorted(rows)
+  to_model = jax.jit(functools.partial(_to_model, image_size=config.data.image_size),
+                     out_shardings=sharding)
+  h_c, h_p = [], []
+  for start in range(0, n, b):
+    ids = [min(start + r, n - 1) for r in rows]
+    local = np.stack([split_source[i]['video'] for i in ids])
+    c, p = encode(ae_variables, to_model(jax.make_array_from_process_local_data(
+        sharding, local, shape)))
+    h_c.append(c)
+    h_p.append(p)
+  gather = jax.jit(lambda c, p: {'h_c': jnp.concatenate(c)[:n], 'h_p': jnp.concatenate(p)[:n]},
+                   out_shardings=NamedSharding(mesh, P()))
+  return gather(h_c, h_p)
 
 
 class TfdsVideos(common.VideoSource):
