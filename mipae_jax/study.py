@@ -85,10 +85,21 @@ def is_complete(run_dir: str) -> bool:
       m.get('lstm_step') == lstm or (lstm == 0 and m.get('lstm_step') is None))
 
 
+def run_config(run_dir: str) -> dict:
+  """A run's recorded config, with the fields added since it was recorded at the values
+  it ran with (`configuration.ADDED_FIELDS`), so old and new runs compare field by field."""
+  import ml_collections
+
+  from mipae_jax import configuration
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  configuration.fill_added_fields(config)
+  return config.to_dict()
+
+
 def run_row(run_dir: str) -> dict:
   """One run's numbers (see METRICS) and identity, from its workdir."""
-  with open(os.path.join(run_dir, 'config.json')) as f:
-    config = json.load(f)
+  config = run_config(run_dir)
   with open(os.path.join(run_dir, 'eval', 'metrics.json')) as f:
     m = json.load(f)
   mg = m['mig']

@@ -193,14 +193,15 @@ def test_js_trained_critic_gives_mi_penalty_near_truth(rho):
     assert abs(estimate - true_mi) < 0.1 * true_mi, (estimate, true_mi)
 
 
-@pytest.mark.parametrize('name,batch,tol', [('nwj', 512, 0.1), ('dv', 512, 0.1),
-                                            ('infonce', 128, 0.15)])
-def test_bound_variants_train_their_critic_to_the_known_mi(name, batch, tol):
+@pytest.mark.parametrize('name,batch,steps', [('nwj', 512, 2000), ('dv', 512, 2000),
+                                              ('infonce', 64, 1000)])
+def test_bound_variants_train_their_critic_to_the_known_mi(name, batch, steps):
   """NWJ, DV and InfoNCE as selectable penalties: a critic trained through the registry on
-  the variant's own objective (InfoNCE on the 128 x 128 score matrix) reads off the MI of
-  correlated Gaussians (rho 0.9: 1.66 nats)."""
+  the variant's own objective (InfoNCE on the 64 x 64 score matrix, at most log 64 = 4.2
+  nats) reads off the MI of correlated Gaussians (rho 0.9: 1.66 nats)."""
   true_mi = -0.5 * 2 * np.log(1 - 0.9 ** 2)
-  estimate = train_critic(0.9, name, batch=batch)
+  tol = 0.1
+  estimate = train_critic(0.9, name, batch=batch, steps=steps)
   assert abs(estimate - true_mi) < tol * true_mi, (name, estimate, true_mi)
 
 

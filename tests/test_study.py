@@ -129,6 +129,17 @@ def test_refuses_runs_evaluated_differently(finished_study, tmp_path):
   with pytest.raises(ValueError, match=r'eval\.mig_samples differs.*drnet-s1: 999'):
     study.aggregate(copy)
   assert study_cli.main([f'--workdir={copy}', '--aggregate_only']) == 2
+  # A run recorded before a field existed ran at that field's old value: comparable.
+  with open(os.path.join(workdir, 'drnet-s1', 'config.json')) as f:
+    config = json.load(f)
+  for group, name in (('data', 'pipeline'), ('lstm', None), ('eval', 'test_seq')):
+    if name is None:
+      del config[group]
+    else:
+      del config[group][name]
+  with open(path, 'w') as f:
+    json.dump(config, f)
+  assert len(study.aggregate(copy)['runs']) == 4
 
 
 def test_channel_curves_read_each_channel_of_the_autoencoder_stage(tmp_path):

@@ -53,17 +53,23 @@ def fail(field: str, expected: str, found, fix: str):
 PIPELINES = ('stream', 'tfds')
 
 
+def pipeline_of(data_config) -> str:
+  """`config.data.pipeline`; 'stream' for a data config built without one (previews,
+  tests of a single source)."""
+  return data_config.get('pipeline', 'stream')
+
+
 def validate(data_config) -> None:
   """Checks `config.data`; raises ConfigError / DataNotFoundError naming the field.
 
   With `pipeline='tfds'` the prepared dataset is opened and checked against the config
   (the files the stream would read are not needed then)."""
   c = data_config
-  if c.pipeline not in PIPELINES:
+  if pipeline_of(c) not in PIPELINES:
     fail('pipeline', f'one of {PIPELINES}', c.pipeline,
          "'stream' samples videos as training goes; 'tfds' reads a dataset built by "
          '`python -m mipae_jax.data.prepare`.')
-  if c.pipeline == 'tfds':
+  if pipeline_of(c) == 'tfds':
     _validate_common(c)
     from mipae_jax.data import tfds_source
     tfds_source.open_prepared(c)
@@ -167,7 +173,7 @@ def make_source(data_config) -> VideoSource:
   """Builds the `VideoSource` that `config.data` describes (validated first): the
   dataset's own for the stream, the prepared dataset's splits for `pipeline='tfds'`."""
   validate(data_config)
-  if data_config.pipeline == 'tfds':
+  if pipeline_of(data_config) == 'tfds':
     from mipae_jax.data import tfds_source
     return tfds_source.TfdsVideos(data_config)
   return DATASETS[data_config.name].build(data_config)
