@@ -257,6 +257,7 @@ class TfdsVideos(common.VideoSource):
     self.content_factor_names = tuple(info.metadata['content_factor_names'])
     self.pose_factor_names = tuple(info.metadata['pose_factor_names'])
     self._groups = None
+    self._warned = False
     if data_config.name == 'moving_dsprites':
       # The renderer of the same options knows its factor groups exactly (no files).
       from mipae_jax.data import dsprites
@@ -290,6 +291,15 @@ class TfdsVideos(common.VideoSource):
     """`n` frames, each of a random video and time of the split (read one at a time:
     only the chosen frames are converted)."""
     self._check_split(split)
+    distinct = len(self.sources[split]) * self.num_frames
+    if n > distinct // 10 and not self._warned:
+      # Frames drawn with replacement from few: the probe's train and test frames then
+      # overlap and its held-out MI estimates are optimistic.
+      log.warning('the %s split holds %d frames (%d videos x %d); drawing %d for the MIG '
+                  'repeats many of them, which makes the probe estimates optimistic. '
+                  'Prepare more test videos (--test_videos) or lower eval.mig_samples.',
+                  split, distinct, len(self.sources[split]), self.num_frames, n)
+      self._warned = True
     rng = common.host_rng(key_or_seed)
     vids = rng.integers(0, len(self.sources[split]), n)
     times = rng.integers(0, self.num_frames, n)
