@@ -38,6 +38,7 @@ import os
 import platform
 import resource
 import sys
+import time
 
 import jax
 import numpy as np
@@ -133,6 +134,14 @@ def _torch_flops(fn) -> float:
   with FlopCounterMode(display=False) as counter:
     fn()
   return float(counter.get_total_flops())
+
+
+def both_batches(source, b: int):
+  """Jitted `key -> {'video', 'critic_video'}`: an AE iteration's two batches of `b`
+  sampled on device from `fold_in(key, 0)` and `fold_in(key, 1)`."""
+  return jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
+                            'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
+                                                                b)[0]})
 
 
 def _advance(at: dict, w: int) -> int:
@@ -313,9 +322,7 @@ def main(argv=None, restart: bool = False):
     if 'ae' in skip:
       jae = JaxAE(config, video, critic_video)
       tae = trainer(ref.AutoencoderTrainer, config)
-    sample2 = jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
-                                 'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
-                                                                     b)[0]})
+    sample2 = both_batches(source, b)
     keys = iter(jax.random.split(jax.random.key(4), 1000))
     rng = np.random.default_rng(1)
 
@@ -336,7 +343,6 @@ def main(argv=None, restart: bool = False):
     # at least 16), read through grain at 1 and 2 reader threads, against the on-device
     # stream; then the AE iteration fed by each (does the reader keep up?).
     import tempfile
-    import time
 
     from mipae_jax.data import prepare as prepare_lib
     from mipae_jax.data import tfds_source
@@ -355,14 +361,9 @@ def main(argv=None, restart: bool = False):
     at = {w: 0 for w in readers}
 
     def read(w):
-      def call():
-        jax.block_until_ready(readers[w].for_step(at[w]))
-        at[w] += 1
-      return call
+      return lambda: jax.block_until_ready(readers[w].for_step(_advance(at, w)))
 
-    sample2 = jax.jit(lambda k: {'video': source.sample_batch(jax.random.fold_in(k, 0), b)[0],
-                                 'critic_video': source.sample_batch(jax.random.fold_in(k, 1),
-                                                                     b)[0]})
+    sample2 = both_batches(source, b)
     keys = iter(jax.random.split(jax.random.key(5), 10 ** 4))
     stream = lambda: jax.block_until_ready(sample2(next(keys)))
     times = round_times({'stream': stream, 'tfds_1': read(1), 'tfds_2': read(2)}, reps)

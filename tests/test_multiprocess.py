@@ -84,21 +84,27 @@ def test_two_processes_train_like_one_and_only_process_0_writes(tmp_path, cache_
   assert [x['step'] for x in lines] == [1, 2, 3, 4]
 
 
-def test_host_sampled_source_trains_alike_on_two_processes(tmp_path, cache_dir):
-  """The host path (numpy sampling, as MPI3D): every process draws the global batch from
-  the same key and keeps its own rows. Rows taken twice or not at all would change the
-  parameters against one process holding both devices."""
+def assert_pair_trains_like_one(tmp_path, cache_dir, flags):
+  """Two processes of one device each, 2 AE steps with worker `flags`, end with the
+  parameters of one process holding both devices (to 1e-5)."""
   single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=2, devices=2,
-                  cache_dir=cache_dir, extra=['--host_source'])
+                  cache_dir=cache_dir, extra=flags)
   assert single.wait(TIMEOUT) == 0, single.report()
   pair = start_pair(tmp_path / 'multi', tmp_path / 'multi.npz', cache_dir, ae_steps=2,
-                    more=['--host_source'])
+                    more=flags)
   for w in pair:
     assert w.wait(TIMEOUT) == 0, w.report()
   want = load_leaves(tmp_path / 'single.npz')
   for i in range(2):
     for a, b in zip(load_leaves(tmp_path / f'multi.p{i}.npz'), want, strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_host_sampled_source_trains_alike_on_two_processes(tmp_path, cache_dir):
+  """The host path (numpy sampling, as MPI3D): every process draws the global batch from
+  the same key and keeps its own rows. Rows taken twice or not at all would change the
+  parameters against one process holding both devices."""
+  assert_pair_trains_like_one(tmp_path, cache_dir, ['--host_source'])
 
 
 def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir):
@@ -110,17 +116,7 @@ def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir
   data_dir = tmp_path / 'tfds'
   name = prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)
   flag = f'--tfds={name}@{data_dir}'
-  single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=2, devices=2,
-                  cache_dir=cache_dir, extra=[flag])
-  assert single.wait(TIMEOUT) == 0, single.report()
-  pair = start_pair(tmp_path / 'multi', tmp_path / 'multi.npz', cache_dir, ae_steps=2,
-                    more=[flag])
-  for w in pair:
-    assert w.wait(TIMEOUT) == 0, w.report()
-  want = load_leaves(tmp_path / 'single.npz')
-  for i in range(2):
-    for a, b in zip(load_leaves(tmp_path / f'multi.p{i}.npz'), want, strict=True):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  assert_pair_trains_like_one(tmp_path, cache_dir, [flag])
 
 
 @pytest.mark.parametrize('victim', [1, 0], ids=['worker_killed', 'chief_killed'])

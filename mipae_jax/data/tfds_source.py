@@ -127,6 +127,15 @@ def record(data_config) -> dict:
           'splits': {s: len(sources[s]) for s in ('train', 'test')}}
 
 
+def local_rows(sharding, global_shape) -> list[int]:
+  """This process's rows of a global batch `global_shape` split by `sharding`: where its
+  devices' shards sit (each process reads only these records)."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(global_shape).values():
+    rows.update(range(*index[0].indices(global_shape[0])))
+  return sorted(rows)
+
+
 def _to_model(videos, image_size: int):
   """uint8 `[B, T, 64, 64, C]` -> float32 in [0, 1] at `image_size` (on the device)."""
   return common.area_downsample(videos.astype(jnp.float32) / 255.0, image_size, jnp)
@@ -152,11 +161,7 @@ class TrainBatches:
     d = config.data
     frames = d.input_frames + d.target_frames
     self.global_shape = (self.b, frames, 64, 64, d.channels)
-    # This process's rows of a global batch: where its devices' shards sit.
-    rows = set()
-    for index in self.sharding.addressable_devices_indices_map(self.global_shape).values():
-      rows.update(range(*index[0].indices(self.b)))
-    rows = np.asarray(sorted(rows))
+    rows = local_rows(self.sharding, self.global_shape)
     order = grain.MapDataset.range(self.n).shuffle(seed=config.seed).repeat(None)
 
     def read(step):
@@ -224,10 +229,7 @@ def encode_split(config, split_source, ae_variables, mesh, encode) -> dict:
   sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
   shape = (b, config.data.input_frames + config.data.target_frames, 64, 64,
            config.data.channels)
-  rows = set()
-  for index in sharding.addressable_devices_indices_map(shape).values():
-    rows.update(range(*index[0].indices(b)))
-  rows = sorted(rows)
+  rows = local_rows(sharding, shape)
   to_model = jax.jit(functools.partial(_to_model, image_size=config.data.image_size),
                      out_shardings=sharding)
   h_c, h_p = [], []
