@@ -1,12 +1,24 @@
-"""Checkpoints of the training stages and the workdir's record of its config.
+"""Checkpoints of the training stages.
 
 Layout of a workdir:
 
-  workdir/config.json                 the resolved config the run was started with
   workdir/checkpoints/<stage>/<step>/ one Orbax step: items 'state' (the stage pytree)
                                       and 'metadata' (JSON: step, wall time, a digest
                                       of the state, and whatever the caller passes)
   workdir/checkpoints/<stage>/LAST_GOOD  the newest step whose save was confirmed
+
+Orbax's `CheckpointManager` does the writing: atomic commits, retention (`keep`) and
+several processes. This module adds what only this project needs: LAST_GOOD, the digest
+check, the fallback past a damaged step, and messages that say what to do.
+
+Several processes: every process takes part in each save and each restore of a training
+store, as Orbax expects of global arrays. Each hands Orbax its own devices' shards; a
+replicated array is written once, by the process holding its replica 0 (process 0), the
+primary process writes the metadata and commits the step, and a restore reads straight
+into the target's sharding (the mesh's replicated one in training: every process fills
+its own devices from the files, with no copy through process 0). LAST_GOOD is written by
+the primary process. A store opened with `enabled=False` (evaluation, tools) only reads,
+by this process alone.
 
 Why a saved step is never restored half-written:
   * Orbax (0.12.8, local/POSIX paths: `AtomicRenameTemporaryPath`) writes a step into
@@ -31,39 +43,38 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
 
 from mipae_jax import errors
-from mipae_jax import workdir as workdir_lib
+from mipae_jax.workdir import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 STAGES = ('ae', 'lstm')
 LAST_GOOD = 'LAST_GOOD'
-CONFIG_FILE = workdir_lib.CONFIG_FILE
 _COMMIT_FILE = 'commit_success.txt'  # Orbax's commit marker (both atomicity modes).
 # Keys the store itself puts in the metadata item.
 _RESERVED_METADATA = ('step', 'wall_time', 'stage', 'state_digest')
 
-# Config fields (dotted prefixes) that may change when a run is resumed: they set how
-# long to train and how often to log, save and evaluate, not what a step computes
-# (model.kernels: how a layer is computed, the same parameters and values either way).
-RESUMABLE_FIELDS = (
-    'model.kernels',
-    'data.data_dir',  # Where a prepared dataset sits; the dataset itself is recorded.
-    'train.ae_steps',
-    'train.lstm_steps',
-    'train.log_every',
-    'train.ckpt_every',
-    'train.keep_checkpoints',
-    'train.profile_steps',
-    'eval',
-)
+
+def _type_handlers():
+  """Orbax's standard type handlers, except that a replicated jax.Array is written whole
+  by the process holding its replica 0. Orbax's default (replica-parallel) splits it into
+  one slice per process, which pays on large arrays over many hosts; these states are
+  megabytes, and one writer keeps a step's data in one process's files."""
+  scalar = type_handlers.ScalarHandler()
+  return type_handlers.create_type_handler_registry(
+      (int, scalar), (float, scalar), (bytes, scalar), (np.number, scalar),
+      (np.ndarray, type_handlers.NumpyHandler()),
+      (jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False)),
+      (str, type_handlers.StringHandler()),
+  )
 
 
 class CheckpointError(errors.RunFailure):
@@ -75,33 +86,24 @@ class LayoutMismatchError(errors.UserError, ValueError):
   version of mipae_jax or for another `config.model`); its files are intact."""
 
 
-class ConfigMismatchError(errors.UserError, ValueError):
-  """The workdir was created with a different config than the one requested."""
-
-
 # ------------------------------------------------------------------------ Helpers.
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` so readers see the old file or the new one, never half.
-
-  The data is fsync'ed before `os.replace`, so the rename cannot land ahead of it.
-  """
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+def _local_copy(x) -> np.ndarray:
+  """A host copy of `x` read from this process's devices only: a global array spanning
+  several processes must be replicated, and its local replica is the whole value."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError(f'a {_describe_leaf(x)} array sharded over several processes '
+                       'has no local copy; the checkpoint digest needs replicated arrays')
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x))
 
 
 def _host_tree(tree):
-  """The pytree with every leaf copied to a host numpy array (same structure)."""
-  return jax.tree.map(np.asarray, jax.device_get(tree))
+  """The pytree with every leaf copied to a host numpy array (same structure), each
+  process reading its own devices."""
+  return jax.tree.map(_local_copy, tree)
 
 
 def tree_digest(host_tree) -> str:
@@ -206,10 +208,9 @@ class CheckpointStore:
   One args-based Orbax `CheckpointManager` keeps the newest `keep` steps; each step
   holds the stage state (one pytree, e.g. `AEState`) and a JSON metadata item.
 
-  Multi-process: pass `enabled=(jax.process_index() == 0)`. The state is copied to
-  host numpy before saving (it is replicated), and the manager is scoped to this
-  process alone, so no save waits on a barrier the other processes never reach.
-  Every process may call `restore` (it only reads).
+  Several processes: every process opens the store and calls `save` and `restore`
+  with the same steps (see the module docstring). `enabled=False` opens it for reading
+  by this process alone: `save` does nothing, and `restore` never waits on the others.
 
   Example:
     store = CheckpointStore(workdir, 'ae', keep=config.train.keep_checkpoints)
@@ -230,10 +231,12 @@ class CheckpointStore:
     self.stage = stage
     self.keep = keep
     self.enabled = enabled
+    # The process that writes LAST_GOOD and Orbax's metadata (Orbax's primary host).
+    self.primary = jax.process_index() == 0 or not enabled
     self.directory = os.path.join(self.workdir, 'checkpoints', stage)
     self._pending_step = None  # Async save whose LAST_GOOD is not yet written.
     self._manager = None
-    if enabled:
+    if enabled and self.primary:
       try:
         os.makedirs(self.directory, exist_ok=True)
       except OSError as e:
@@ -253,26 +256,38 @@ class CheckpointStore:
           pass  # Another process's cleanup got there first.
 
   def _ensure_manager(self) -> bool:
-    """Opens the manager once the directory exists (a reader may start before the
-    writing process has created it). Returns whether there is one."""
-    if self._manager is None and os.path.isdir(self.directory):
-      self._manager = self._make_manager(read_only=not self.enabled)
+    """Opens the manager: a writer at once (every process; Orbax creates the directory
+    on the primary one and waits for it), a reader once the directory exists (it may
+    start before the writing process has created it). Returns whether there is one."""
+    if self._manager is None and (self.enabled or os.path.isdir(self.directory)):
+      self._manager = self._make_manager()
     return self._manager is not None
 
-  def _make_manager(self, read_only: bool) -> ocp.CheckpointManager:
-    me = jax.process_index()
+  def _make_manager(self) -> ocp.CheckpointManager:
+    if self.enabled:  # Every process takes part, process 0 the primary (Orbax's default).
+      processes = ocp.options.MultiprocessingOptions()
+    else:  # This process alone: a reader never waits on a barrier the others skip.
+      me = jax.process_index()
+      processes = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     options = ocp.CheckpointManagerOptions(
         max_to_keep=self.keep,
-        create=False,
-        read_only=read_only,
+        create=self.enabled,
+        read_only=not self.enabled,
         # A killed save leaves `<step>.orbax-checkpoint-tmp`; remove it on open.
-        cleanup_tmp_directories=not read_only,
-        # Only this process takes part (see the class docstring).
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=me, active_processes={me}),
+        cleanup_tmp_directories=self.enabled,
+        multiprocessing_options=processes,
+        # Several processes: saves run in the calling thread, where Orbax's barriers are
+        # device collectives that fail at once when a peer dies (PeerLost); a background
+        # thread's barrier would wait for the heartbeat timeout, and JAX would then abort
+        # the process. (`save(wait=False)` then returns once the step is written.)
+        enable_async_checkpointing=jax.process_count() == 1,
     )
-    return ocp.CheckpointManager(self.directory, options=options,
-                                 item_names=('state', 'metadata'))
+    handlers = {
+        'state': ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers(),
+                                             multiprocessing_options=processes),
+        'metadata': ocp.JsonCheckpointHandler(multiprocessing_options=processes),
+    }
+    return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   # -------------------------------------------------------------- Listing.
 
@@ -360,9 +375,11 @@ class CheckpointStore:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      if errors.lost_peer(e):
+        raise
       raise CheckpointError(self._write_help(
           f'saving checkpoint step {step} to {self.directory} failed', e)) from e
-    if self._complete(step):
+    if self.primary and self._complete(step):
       self._mark_good(step)
 
   def save(self, step: int, state, metadata: Mapping[str, Any] | None = None,
@@ -383,9 +400,9 @@ class CheckpointStore:
     if clash:
       raise ValueError(f'metadata keys {clash} are reserved by CheckpointStore')
     self._finish_pending()
-    host_state = _host_tree(state)
-    meta = {**metadata, 'step': step, 'wall_time': time.time(), 'stage': self.stage,
-            'state_digest': tree_digest(host_state)}
+    meta = {**metadata, 'step': step, 'wall_time': time.time(), 'stage': self.stage}
+    if self.primary:  # Orbax writes the metadata item from the primary process only.
+      meta['state_digest'] = state_digest(state)
     try:
       json.dumps(meta)
     except TypeError as e:
@@ -396,9 +413,10 @@ class CheckpointStore:
                        'an earlier step.', stale, self.directory)
         self._manager.delete(stale)
       # force=True: the caller decides when to save (Orbax would otherwise silently
-      # skip steps at or below its newest one).
+      # skip steps at or below its newest one). Orbax copies the arrays to the host
+      # before it returns, so the caller may donate them to the next step at once.
       self._manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(host_state),
+          state=ocp.args.PyTreeSave(state),
           metadata=ocp.args.JsonSave(meta)))
       self._pending_step = step
       if wait:
@@ -407,6 +425,8 @@ class CheckpointStore:
       raise
     except Exception as e:  # pylint: disable=broad-except
       self._pending_step = None
+      if errors.lost_peer(e):
+        raise
       raise CheckpointError(self._write_help(
           f'saving checkpoint step {step} to {self.directory} failed', e)) from e
 
@@ -424,8 +444,11 @@ class CheckpointStore:
                               f'(no {_COMMIT_FILE})')
     target = _with_default_sharding(abstract_state)
     try:
+      # Each leaf is read straight into its target sharding (on every process, its own
+      # devices), at exactly the target's shape (strict restore arguments).
       out = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target, strict=True),
+          state=ocp.args.PyTreeRestore(
+              target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
           metadata=ocp.args.JsonRestore()))
     except ValueError as e:
       difference = _layout_difference(os.path.join(step_dir, 'state'), abstract_state)
@@ -447,13 +470,14 @@ class CheckpointStore:
     return state, meta
 
   def restore(self, abstract_state, step: int | None = None):
-    """Restores a checkpoint onto the local default device.
+    """Restores a checkpoint into the target's shardings.
 
     Args:
       abstract_state: the target pytree of `jax.ShapeDtypeStruct`, e.g.
         `jax.eval_shape(functools.partial(create_train_state, config), key)`; static
         fields (TrainState's `tx`, `apply_fn`) are taken from it, so the result is a
-        usable TrainState. Leaves carrying a sharding are restored with it.
+        usable TrainState. Leaves carrying a sharding (training: the mesh's replicated
+        one) are restored with it, the others onto this process's first device.
       step: a specific step, or None for the newest good one (LAST_GOOD first,
         falling back past steps that fail to restore, each with a warning).
     Returns:
@@ -473,6 +497,8 @@ class CheckpointStore:
       try:
         state, meta = self._restore_step(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
+        if errors.lost_peer(e):
+          raise
         raise CheckpointError(
             f'checkpoint step {step} in {os.path.join(self.directory, str(step))} '
             f'cannot be restored: {errors.describe(e)}') from e
@@ -482,6 +508,8 @@ class CheckpointStore:
       try:
         state, meta = self._restore_step(candidate, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
+        if errors.lost_peer(e):  # Another process failed, not this step: no fallback.
+          raise
         reason = errors.describe(e)
         logger.warning('Checkpoint step %d in %s cannot be restored (%s); falling '
                        'back to the previous step.', candidate, self.directory, reason)
@@ -514,76 +542,3 @@ class CheckpointStore:
 
   def __exit__(self, *exc):
     self.close()
-
-
-# ------------------------------------------------------------------ Config record.
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, name + '.'))
-    else:
-      out[name] = v
-  return out
-
-
-def _config_dict(config) -> dict:
-  """Plain, JSON round-tripped dict of a ConfigDict (tuples become lists, so saved and
-  requested configs compare equal when they are)."""
-  d = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-  return json.loads(json.dumps(d, default=str))
-
-
-def record_config(workdir: str, config) -> str:
-  """Writes the resolved config to `workdir/config.json` (atomically); returns the path."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  atomic_write_text(path, json.dumps(_config_dict(config), indent=2, sort_keys=True)
-                    + '\n')
-  return path
-
-
-def _is_allowed(field: str, allowed: Iterable[str]) -> bool:
-  return any(field == p or field.startswith(p + '.') for p in allowed)
-
-
-def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
-                 ) -> bool:
-  """Refuses to resume `workdir` under a config other than the one it was made with.
-
-  Fields under `allowed` (dotted prefixes) may differ. Returns True if the workdir had
-  a recorded config (and it matches), False if it has none.
-  Raises:
-    ConfigMismatchError: listing every differing field as `field: saved -> requested`.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return False
-  try:
-    with open(path) as f:
-      saved = _flatten(json.load(f))
-  except (OSError, ValueError) as e:
-    raise ConfigMismatchError(
-        f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
-        '--workdir, or restore that file.') from e
-  from mipae_jax import configuration  # A field added since: the value runs used before.
-  for field, value in configuration.ADDED_FIELDS.items():
-    saved.setdefault(field, value)
-  requested = _flatten(_config_dict(config))
-  missing = '<absent>'
-  diffs = []
-  for field in sorted(set(saved) | set(requested)):
-    a, b = saved.get(field, missing), requested.get(field, missing)
-    if a != b and not _is_allowed(field, allowed):
-      diffs.append(f'  {field}: {a!r} -> {b!r}')
-  if diffs:
-    raise ConfigMismatchError(
-        f'{workdir} was created with a different config ({path}); refusing to resume '
-        f'it. Differing fields (saved -> requested):\n' + '\n'.join(diffs) +
-        '\nUse a new --workdir for this config, or pass the same config (and '
-        'overrides) as the original run. Fields that may change on resume: '
-        + ', '.join(allowed) + '.')
-  return True

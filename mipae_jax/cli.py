@@ -162,6 +162,9 @@ class _OneLine:
   of them, with TensorStore specs), and the CheckpointError that follows says it all."""
 
   def filter(self, record) -> bool:
+    if record.name == 'asyncio' and str(record.msg).startswith(
+        'Task exception was never retrieved'):
+      return False  # One per array write of a failed save: the same error again.
     if record.exc_info or record.exc_text or '\n' in str(record.msg):
       record.msg = errors.first_line(record.getMessage(), 400)
       record.args = ()

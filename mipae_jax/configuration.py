@@ -39,7 +39,7 @@ REQUIRED_FIELDS = (
 # Fields added after runs were recorded without them, with the value those runs used: a
 # workdir whose config.json lacks one resumes and evaluates as if it held this value.
 # 'model.kernels': before the choice existed every run used the CPU kernel set; the field
-# may change on resume (checkpoint.RESUMABLE_FIELDS), so this only keeps the record true.
+# may change on resume (config_record.RESUMABLE_FIELDS), so this only keeps the record true.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
                 'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': ''}

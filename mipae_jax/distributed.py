@@ -1,8 +1,9 @@
 """The run's processes: stop signals, lost peers, agreement on where to resume.
 
 A preempted run (SIGTERM/SIGINT) saves a checkpoint at a step boundary and raises
-`Preempted`; a process whose peers died raises `PeerLost` instead of waiting forever in
-a collective; every process must resume from the same step (`agree_on_start`).
+`Preempted` (several processes save together, so they first agree to stop, at a log
+step: `agree_on_stop`); a process whose peers died raises `PeerLost` instead of waiting
+forever in a collective; every process must resume from the same step (`agree_on_start`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NoReturn
 import jax
 import numpy as np
 
-from mipae_jax import checkpoint
+from mipae_jax import checkpoint, errors
 
 
 class Preempted(RuntimeError):
@@ -87,6 +88,22 @@ def agree_on_start(stage: str, start: int, directory: str) -> None:
         'hosts (e.g. gs://, NFS).')
 
 
+def agree_on_stop(stopping: str | None, signum: int | None
+                  ) -> tuple[str | None, int | None]:
+  """(signal name, number) if any process was signalled to stop, else (None, None).
+
+  A collective: every process calls it at the same steps. The lowest process signalled
+  names the signal for all.
+  """
+  from jax.experimental import multihost_utils
+  nums = np.asarray(multihost_utils.process_allgather(
+      np.int32(signum if stopping else 0))).reshape(-1)
+  signalled = [int(n) for n in nums if n]
+  if not signalled:
+    return None, None
+  return signal.Signals(signalled[0]).name, signalled[0]
+
+
 @contextlib.contextmanager
 def stop_requests():
   """Turns SIGTERM/SIGINT into a flag the training loop polls, so a preempted run
@@ -116,8 +133,8 @@ def peer_failures(stage: str, current_step, store):
   checkpoint to resume from (single process: errors pass through unchanged)."""
   try:
     yield
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
+  except Exception as e:  # noqa: BLE001 - only lost peers are turned into PeerLost.
+    if not errors.lost_peer(e):
       raise
     try:
       good = store.latest_step()

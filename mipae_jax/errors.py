@@ -69,3 +69,25 @@ def describe(error: BaseException, limit: int = 600) -> str:
     e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
   text = '; caused by '.join(parts)
   return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+# How XLA statuses begin; JAX raises some failed collectives as a ValueError with one.
+_XLA_STATUSES = ('UNKNOWN:', 'UNAVAILABLE:', 'INTERNAL:', 'ABORTED:', 'DEADLINE_EXCEEDED:',
+                 'CANCELLED:')
+
+
+def lost_peer(error: BaseException) -> bool:
+  """Whether `error`, or one in its chain, is a cross-process collective or barrier that
+  failed, as when another process died: a JAX runtime error, or the ValueError carrying
+  an XLA status that JAX raises for some (`UNKNOWN: Gloo AllGather failed: ...`). Always
+  False in a single process."""
+  import jax
+  if jax.process_count() == 1:
+    return False
+  e = error
+  while e is not None:
+    if isinstance(e, jax.errors.JaxRuntimeError) or (
+        type(e) is ValueError and str(e).startswith(_XLA_STATUSES)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False

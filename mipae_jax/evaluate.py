@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from mipae_jax import (
-  checkpoint,
   cli,
   compiler,
+  config_record,
   configuration,
   data,
   errors,
@@ -373,7 +373,7 @@ def _jsonable(x):
 
 def load_config(workdir: str):
   """The config a workdir was started with (its `config.json`)."""
-  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  path = os.path.join(workdir, config_record.CONFIG_FILE)
   if not os.path.exists(path):
     raise errors.NotARunError(
         f'{path} not found: {workdir} is not a run directory made by experiments.main.')

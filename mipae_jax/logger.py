@@ -193,8 +193,8 @@ def drop_records_after(workdir: str, stage: str, step: int) -> int:
     else:
       dropped += 1
   if dropped:
-    from mipae_jax import checkpoint  # Imported here: Orbax only where a run resumes.
-    checkpoint.atomic_write_text(path, ''.join(line + '\n' for line in kept))
+    from mipae_jax import workdir
+    workdir.atomic_write_text(path, ''.join(line + '\n' for line in kept))
   return dropped
 
 

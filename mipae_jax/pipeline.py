@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from mipae_jax import (
   checkpoint,
+  config_record,
   configuration,
   data,
   distributed,
@@ -61,10 +62,9 @@ def root_keys(config):
 def replicate_on_mesh(tree, mesh):
   """Copies every leaf of `tree` to all devices of `mesh` (global, replicated).
 
-  Single process: a plain `device_put`. Several processes: arrays restored from a
-  checkpoint sit committed on one local device, and `device_put` cannot move them to
-  other hosts' devices; every process holds the same values (it read the same
-  checkpoint), so each fills its own devices from a host copy.
+  Single process: a plain `device_put`. Several processes: a fresh state sits on one
+  local device, and `device_put` cannot move it to other hosts' devices; every process
+  holds the same values (same seed), so each fills its own devices from a host copy.
   """
   return _place_from_host(tree, NamedSharding(mesh, P()))
 
@@ -77,6 +77,8 @@ def _place_from_host(tree, sharding):
     return jax.device_put(tree, sharding)
 
   def put(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x  # Already there (a restored or trained state).
     host = np.asarray(jax.device_get(x))
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -142,6 +144,9 @@ def _set_aside(store, reason: str):
   aside = f'{store.directory}.stale-{n}'
   if distributed.is_chief():
     os.replace(store.directory, aside)
+  if jax.process_count() > 1:  # No process opens the fresh store before the move.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'set aside {store.directory}')
   log.warning('%s: %s; retraining the stage from scratch (its old checkpoints are kept in '
               '%s).', store.stage, reason, aside)
   return checkpoint.CheckpointStore(store.workdir, store.stage, keep=store.keep,
@@ -206,11 +211,17 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
   """
   tc = config.train
   reader = hasattr(batch_fn, 'for_step')
-  store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints,
-                                     enabled=distributed.is_chief())
+  several = jax.process_count() > 1
+  # Every process opens the store and takes part in each save and restore.
+  store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints)
   state, start = init_state, 0
   if store.latest_step() is not None:
-    abstract = jax.eval_shape(lambda: init_state)
+    # Read straight into the mesh's replicated sharding (each process its own devices),
+    # as the data-parallel step expects.
+    replicated = NamedSharding(mesh, P())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(lambda: init_state))
     restored, meta, restored_step = store.restore(abstract)
     reason = _stale_reason(meta, trained_on) if trained_on is not None else None
     if reason is None:
@@ -221,8 +232,8 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     else:
       store = _set_aside(store, reason)
   distributed.agree_on_start(stage, start, store.directory)
-  # The state is replicated over the mesh, as the data-parallel step expects.
-  state = replicate_on_mesh(state, mesh)
+  if state is init_state:  # A fresh state: replicated over the mesh like a restored one.
+    state = replicate_on_mesh(state, mesh)
   if distributed.is_chief():
     dropped = drop_records_after(workdir, stage, start)
     if dropped:
@@ -250,8 +261,13 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         profiler.after_step(step, metrics)
         # Read the flag once: a signal landing later in this iteration must not skip
         # the save and still stop (it is handled at the next step boundary).
-        stopping = stop['stop']
+        stopping, signum = stop['stop'], stop['signum']
         at_log = step % tc.log_every == 0 or step == num_steps
+        if several:
+          # A save takes every process, so they stop together: at each log step they
+          # agree whether any of them was signalled, and then all save and stop.
+          stopping, signum = (distributed.agree_on_stop(stopping, signum) if at_log
+                              else (None, None))
         at_ckpt = step % tc.ckpt_every == 0 or step == num_steps or stopping
         if at_log or at_ckpt:
           # Fetch (and check) before saving, so a diverged state is never written.
@@ -273,8 +289,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         if stopping:
           raise distributed.Preempted(
               f'{stopping} received: saved the {stage} stage at step {step} in '
-              f'{store.directory}. Run the same command again to resume.',
-              stop['signum'])
+              f'{store.directory}. Run the same command again to resume.', signum)
   finally:
     profiler.close()
     metric_logger.close()
@@ -435,9 +450,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if distributed.is_chief():
       workdir_lib.prepare(workdir)
       held.enter_context(workdir_lib.RunLock(workdir))
-      if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
-        checkpoint.check_config(workdir, config)
-      checkpoint.record_config(workdir, config)
+      if os.path.exists(os.path.join(workdir, config_record.CONFIG_FILE)):
+        config_record.check_config(workdir, config)
+      config_record.record_config(workdir, config)
       if config.data.pipeline == 'tfds':
         check_dataset_record(workdir, config)
     return _train_and_evaluate(config, workdir)
@@ -464,7 +479,7 @@ def check_dataset_record(workdir: str, config) -> None:
           f'(config.data.tfds_name / data_dir). Point them at the dataset the run started '
           'with, or start a new workdir.')
     return
-  checkpoint.atomic_write_text(path, json.dumps(current, indent=2) + '\n')
+  workdir_lib.atomic_write_text(path, json.dumps(current, indent=2) + '\n')
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:

@@ -20,11 +20,28 @@ import socket
 
 from mipae_jax import errors
 
-CONFIG_FILE = 'config.json'  # A run's config record (checkpoint.record_config): its mark.
+CONFIG_FILE = 'config.json'  # A run's config record (config_record.record_config): its mark.
 LOCK_FILE = 'run.lock'
 # Files a run directory may hold before its config is recorded: the lock of a run that
 # stopped before writing config.json, and what `experiments.study` writes first.
 EARLY_FILES = frozenset({LOCK_FILE, 'study.log', 'study_time.json'})
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` so readers see the old file or the new one, never half.
+
+  The data is fsync'ed before `os.replace`, so the rename cannot land ahead of it.
+  """
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def prepare(path: str) -> str:

@@ -26,6 +26,7 @@ import pytest
 
 from experiments.configs import tiny
 from mipae_jax import checkpoint as ckpt
+from mipae_jax import config_record
 from mipae_jax.train import AEState, create_train_state
 
 # A restore that hits a corrupted array leaves Orbax's reads of the other arrays
@@ -408,22 +409,22 @@ def test_bad_arguments(tmp_path, states):
 
 def test_config_record_and_check(tmp_path, config):
   workdir = str(tmp_path)
-  assert ckpt.check_config(workdir, config) is False  # Nothing recorded yet.
-  path = ckpt.record_config(workdir, config)
+  assert config_record.check_config(workdir, config) is False  # Nothing recorded yet.
+  path = config_record.record_config(workdir, config)
   with open(path) as f:
     assert json.load(f) == json.loads(config.to_json())
-  assert ckpt.check_config(workdir, tiny.get_config()) is True
+  assert config_record.check_config(workdir, tiny.get_config()) is True
 
 
 def test_config_mismatch_lists_fields(tmp_path, config):
   workdir = str(tmp_path)
-  ckpt.record_config(workdir, config)
+  config_record.record_config(workdir, config)
   other = tiny.get_config()
   other.model.nf = 16
   other.optim.lr = 1e-3
   other.train.ae_steps = 10  # Allowed: listed nowhere.
-  with pytest.raises(ckpt.ConfigMismatchError) as e:
-    ckpt.check_config(workdir, other)
+  with pytest.raises(config_record.ConfigMismatchError) as e:
+    config_record.check_config(workdir, other)
   msg = str(e.value)
   assert 'model.nf: 8 -> 16' in msg
   assert 'optim.lr: 0.002 -> 0.001' in msg
@@ -433,7 +434,7 @@ def test_config_mismatch_lists_fields(tmp_path, config):
 
 def test_resumable_fields_allowed(tmp_path, config):
   workdir = str(tmp_path)
-  ckpt.record_config(workdir, config)
+  config_record.record_config(workdir, config)
   other = tiny.get_config()
   other.train.ae_steps = 1000
   other.train.lstm_steps = 500
@@ -442,10 +443,40 @@ def test_resumable_fields_allowed(tmp_path, config):
   other.train.keep_checkpoints = 1
   other.eval.seed = 7
   other.eval.mig_samples = 10
-  assert ckpt.check_config(workdir, other) is True
+  assert config_record.check_config(workdir, other) is True
   # Only what was allowed: an explicit empty allow-list refuses the same change.
-  with pytest.raises(ckpt.ConfigMismatchError, match='eval.seed: 1234 -> 7'):
-    ckpt.check_config(workdir, other, allowed=())
+  with pytest.raises(config_record.ConfigMismatchError, match='eval.seed: 1234 -> 7'):
+    config_record.check_config(workdir, other, allowed=())
+
+
+def test_restores_straight_into_the_targets_sharding(tmp_path, abstract, states):
+  """Training restores into the mesh's replicated sharding: every leaf arrives on every
+  device of the mesh, exactly, with no placement step after the restore. A state saved
+  from that sharding is written once (one replica), and restores to one device too."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  devices = jax.devices()
+  assert len(devices) == 4  # tests/conftest.py: 4 CPU devices.
+  replicated = NamedSharding(Mesh(np.array(devices), ('batch',)), PartitionSpec())
+  on_mesh = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+  workdir = str(tmp_path)
+  with ckpt.CheckpointStore(workdir, 'ae') as store:
+    store.save(1, states[1])
+    store.save(2, jax.device_put(states[2], replicated))
+  store = ckpt.CheckpointStore(workdir, 'ae')
+  for step in (1, 2):
+    restored, _, _ = store.restore(on_mesh(abstract), step=step)
+    assert all(x.sharding == replicated for x in jax.tree.leaves(restored))
+    assert_trees_equal(restored, states[step])
+  restored, _, _ = store.restore(abstract, step=2)
+  assert all(x.devices() == {jax.local_devices()[0]} for x in jax.tree.leaves(restored))
+  assert_trees_equal(restored, states[2])
+  store.close()
+  files = [p for p in (tmp_path / 'checkpoints' / 'ae' / '2' / 'state').rglob('*')
+            if p.is_file()]
+  size = sum(p.stat().st_size for p in files)
+  one_copy = sum(x.nbytes for x in jax.tree.leaves(states[2]))
+  assert size < 2 * one_copy, (size, one_copy)  # Not four replicas.
 
 
 def test_relative_workdir(tmp_path, abstract, states, monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, cli, errors
+from mipae_jax import cli, config_record, errors
 from mipae_jax.data import preview
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def test_verbose_shows_the_traceback(tmp_path):
 def _fake_run(tmp_path):
   d = tmp_path / 'run'
   d.mkdir()
-  checkpoint.record_config(str(d), tiny.get_config())
+  config_record.record_config(str(d), tiny.get_config())
   return d
 
 

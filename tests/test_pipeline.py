@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, data, evaluate, parallel, pipeline
+from mipae_jax import checkpoint, config_record, data, evaluate, parallel, pipeline
 from mipae_jax.logger import NonFiniteError
 
 
@@ -121,10 +121,10 @@ def test_refuses_to_resume_under_a_foreign_config(tmp_path):
   config = tiny.get_config()
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  checkpoint.record_config(workdir, config)
+  config_record.record_config(workdir, config)
   other = tiny.get_config()
   other.model.nf = 16
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r'model\.nf: 8 -> 16'):
+  with pytest.raises(config_record.ConfigMismatchError, match=r'model\.nf: 8 -> 16'):
     pipeline.train_and_evaluate(other, workdir)
 
 

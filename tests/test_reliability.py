@@ -27,7 +27,7 @@ import pytest
 from helpers.launch import Worker
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, distributed, evaluate, pipeline, train
+from mipae_jax import checkpoint, config_record, distributed, evaluate, pipeline, train
 from mipae_jax.data import moving_mnist, mpi3d
 
 FULL = os.environ.get('MIPAE_FULL_RELIABILITY') == '1'
@@ -258,8 +258,8 @@ def test_mnist_npz_with_labels_not_one_per_image(tmp_path):
 
 
 def test_corrupt_config_record_refuses_to_resume(tmp_path):
-  (tmp_path / checkpoint.CONFIG_FILE).write_text('{"batch_size": 8, "data": {')
-  with pytest.raises(checkpoint.ConfigMismatchError,
+  (tmp_path / config_record.CONFIG_FILE).write_text('{"batch_size": 8, "data": {')
+  with pytest.raises(config_record.ConfigMismatchError,
                      match=r"(?s)config\.json cannot be read .*config is unknown.*new "
                            r'--workdir'):
     pipeline.train_and_evaluate(tiny.get_config(), str(tmp_path))
@@ -287,7 +287,7 @@ def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_evaluate_override_outside_eval(tmp_path):
-  checkpoint.record_config(str(tmp_path), tiny.get_config())
+  config_record.record_config(str(tmp_path), tiny.get_config())
   with pytest.raises(ValueError, match=r"override 'model\.nf=3': expected "
                                        r'eval\.<field>=<value>'):
     evaluate.evaluate_workdir(str(tmp_path), ['model.nf=3'])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mipae_jax import checkpoint, errors, evaluate, logger, parallel, pipeline, workdir
+from mipae_jax import config_record, errors, evaluate, logger, parallel, pipeline, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,7 +189,7 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
   config = tiny.get_config()
   run, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
   os.makedirs(run)
-  checkpoint.record_config(run, config)
+  config_record.record_config(run, config)
   pipeline.train_autoencoder(config, run)
   old = pipeline.train_lstm(config, run)
   config.train.ae_steps = 3

@@ -1,0 +1,108 @@
+"""A run's record of its config: `WORKDIR/config.json`, and the refusal to resume a
+workdir under another config.
+
+`record_config` writes the resolved config (atomically) when a run starts or resumes;
+`check_config` compares a requested config with the record, field by field, allowing
+only the fields in `RESUMABLE_FIELDS` to differ. A record written before a field existed
+is read at that field's old value (`configuration.ADDED_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mipae_jax import configuration, errors
+from mipae_jax import workdir as workdir_lib
+
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+
+# Config fields (dotted prefixes) that may change when a run is resumed: they set how
+# long to train and how often to log, save and evaluate, not what a step computes
+# (model.kernels: how a layer is computed, the same parameters and values either way).
+RESUMABLE_FIELDS = (
+    'model.kernels',
+    'data.data_dir',  # Where a prepared dataset sits; the dataset itself is recorded.
+    'train.ae_steps',
+    'train.lstm_steps',
+    'train.log_every',
+    'train.ckpt_every',
+    'train.keep_checkpoints',
+    'train.profile_steps',
+    'eval',
+)
+
+
+class ConfigMismatchError(errors.UserError, ValueError):
+  """The workdir was created with a different config than the one requested."""
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, name + '.'))
+    else:
+      out[name] = v
+  return out
+
+
+def _config_dict(config) -> dict:
+  """Plain, JSON round-tripped dict of a ConfigDict (tuples become lists, so saved and
+  requested configs compare equal when they are)."""
+  d = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  return json.loads(json.dumps(d, default=str))
+
+
+def record_config(workdir: str, config) -> str:
+  """Writes the resolved config to `workdir/config.json` (atomically); returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  workdir_lib.atomic_write_text(
+      path, json.dumps(_config_dict(config), indent=2, sort_keys=True) + '\n')
+  return path
+
+
+def _is_allowed(field: str, allowed: Iterable[str]) -> bool:
+  return any(field == p or field.startswith(p + '.') for p in allowed)
+
+
+def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
+                 ) -> bool:
+  """Refuses to resume `workdir` under a config other than the one it was made with.
+
+  Fields under `allowed` (dotted prefixes) may differ. Returns True if the workdir had
+  a recorded config (and it matches), False if it has none.
+  Raises:
+    ConfigMismatchError: listing every differing field as `field: saved -> requested`.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigMismatchError(
+        f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
+        '--workdir, or restore that file.') from e
+  for field, value in configuration.ADDED_FIELDS.items():  # Added since: the old value.
+    saved.setdefault(field, value)
+  requested = _flatten(_config_dict(config))
+  missing = '<absent>'
+  diffs = []
+  for field in sorted(set(saved) | set(requested)):
+    a, b = saved.get(field, missing), requested.get(field, missing)
+    if a != b and not _is_allowed(field, allowed):
+      diffs.append(f'  {field}: {a!r} -> {b!r}')
+  if diffs:
+    raise ConfigMismatchError(
+        f'{workdir} was created with a different config ({path}); refusing to resume '
+        f'it. Differing fields (saved -> requested):\n' + '\n'.join(diffs) +
+        '\nUse a new --workdir for this config, or pass the same config (and '
+        'overrides) as the original run. Fields that may change on resume: '
+        + ', '.join(allowed) + '.')
+  return True
