@@ -7,11 +7,13 @@
   host-sampled source (numpy, as MPI3D).
 * Only process 0 writes: the other process's Python-level writes under the workdir are
   audited (none), and the files show one writer.
+* A stop signal to one process stops both at one saved step (a save takes every process).
 * A process killed mid-run stops the other within a bounded time, with a message.
 """
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -117,6 +119,29 @@ def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir
   name = prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)
   flag = f'--tfds={name}@{data_dir}'
   assert_pair_trains_like_one(tmp_path, cache_dir, [flag])
+
+
+def test_a_stop_signal_to_one_process_stops_both_at_one_saved_step(tmp_path, cache_dir):
+  """A save takes every process, so SIGTERM to process 1 alone must stop both, each
+  saving the same step (they agree at a log step), and both resume from it."""
+  workdir = tmp_path / 'run'
+  pair = start_pair(workdir, tmp_path / 'out.npz', cache_dir, ae_steps=10_000,
+                    step_delay=0.05)
+  assert pair[1].wait_until(lambda: 3 in pair[1].steps(), timeout=TIMEOUT), pair[1].report()
+  pair[1].signal(signal.SIGTERM)
+  for w in pair:
+    assert w.wait(60) == 128 + signal.SIGTERM, w.report()
+    assert 'PREEMPTED: SIGTERM received: saved the ae stage at step' in w.stderr, w.report()
+  saved = [int(re.search(r'saved the ae stage at step (\d+)', w.stderr).group(1))
+           for w in pair]
+  assert saved[0] == saved[1] >= 3, saved
+  ckpt = workdir / 'checkpoints' / 'ae'
+  assert int((ckpt / 'LAST_GOOD').read_text()) == saved[0]
+  steps = saved[0] + 2
+  resumed = start_pair(workdir, tmp_path / 'out.npz', cache_dir, ae_steps=steps)
+  for w in resumed:
+    assert w.wait(TIMEOUT) == 0, w.report()
+    assert w.resumed_from() == saved[0], w.report()
 
 
 @pytest.mark.parametrize('victim', [1, 0], ids=['worker_killed', 'chief_killed'])
