@@ -1,7 +1,8 @@
 """A run's record of its config: `WORKDIR/config.json`, and the refusal to resume a
 workdir under another config.
 
-`record_config` writes the resolved config (atomically) when a run starts or resumes;
+`record_config` writes the resolved config (atomically) when a run starts or resumes,
+`load_config` reads it back;
 `check_config` compares a requested config with the record, field by field, allowing
 only the fields in `RESUMABLE_FIELDS` to differ. A record written before a field existed
 is read at that field's old value (`configuration.ADDED_FIELDS`).
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+
+import ml_collections
 
 from mipae_jax import configuration, errors
 from mipae_jax import workdir as workdir_lib
@@ -39,22 +41,30 @@ class ConfigMismatchError(errors.UserError, ValueError):
   """The workdir was created with a different config than the one requested."""
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, name + '.'))
-    else:
-      out[name] = v
-  return out
-
-
 def _config_dict(config) -> dict:
   """Plain, JSON round-tripped dict of a ConfigDict (tuples become lists, so saved and
   requested configs compare equal when they are)."""
   d = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   return json.loads(json.dumps(d, default=str))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was started with (its `config.json`), with the fields added
+  since it was recorded at the values it ran with (`configuration.ADDED_FIELDS`)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise errors.NotARunError(
+        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise errors.WorkdirError(
+        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
+        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
+        'original --config and overrides, which rewrites it.') from e
+  configuration.fill_added_fields(config)
+  return config
 
 
 def record_config(workdir: str, config) -> str:
@@ -84,14 +94,14 @@ def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
     return False
   try:
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = dict(configuration.leaves(json.load(f)))
   except (OSError, ValueError) as e:
     raise ConfigMismatchError(
         f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
         '--workdir, or restore that file.') from e
   for field, value in configuration.ADDED_FIELDS.items():  # Added since: the old value.
     saved.setdefault(field, value)
-  requested = _flatten(_config_dict(config))
+  requested = dict(configuration.leaves(_config_dict(config)))
   missing = '<absent>'
   diffs = []
   for field in sorted(set(saved) | set(requested)):

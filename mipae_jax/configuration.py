@@ -82,10 +82,11 @@ def _non_negative_int(c, field: str):
     _fail(field, v, 'an integer >= 0')
 
 
-def _leaves(c, prefix: str = ''):
+def leaves(c, prefix: str = ''):
+  """`(dotted field, value)` of every leaf of a config or nested dict."""
   for k, v in c.items():
     if hasattr(v, 'items'):
-      yield from _leaves(v, f'{prefix}{k}.')
+      yield from leaves(v, f'{prefix}{k}.')
     else:
       yield f'{prefix}{k}', v
 
@@ -103,7 +104,7 @@ def check_fields(config) -> None:
         f'the config lacks field(s) {", ".join(missing)}: build it from '
         'experiments/configs/default.py\'s get_config() (which defines every field) and '
         'override what differs.')
-  for field, v in _leaves(config):
+  for field, v in leaves(config):
     if isinstance(v, float) and not math.isfinite(v):
       _fail(field, v, 'a finite number')
 

@@ -18,7 +18,6 @@ import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -371,24 +370,6 @@ def _jsonable(x):
 # ------------------------------------------------------ A run directory.
 
 
-def load_config(workdir: str):
-  """The config a workdir was started with (its `config.json`)."""
-  path = os.path.join(workdir, config_record.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise errors.NotARunError(
-        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise errors.WorkdirError(
-        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
-        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
-        'original --config and overrides, which rewrites it.') from e
-  configuration.fill_added_fields(config)
-  return config
-
-
 def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False) -> dict:
   """Evaluates the newest checkpoints of `workdir`; `overrides` like 'eval.seed=3'
   may change `eval.*` fields only (the networks are fixed by the run).
@@ -397,7 +378,7 @@ def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False)
   type, and (WorkdirError) an LSTM trained on an older autoencoder than the workdir's,
   unless `allow_stale_lstm`.
   """
-  config = load_config(workdir)
+  config = config_record.load_config(workdir)
   for name, value in EVAL_DEFAULTS.items():  # A run from before these options.
     if name not in config.eval:
       config.eval[name] = value

@@ -87,14 +87,9 @@ def is_complete(run_dir: str) -> bool:
 
 def run_config(run_dir: str) -> dict:
   """A run's recorded config, with the fields added since it was recorded at the values
-  it ran with (`configuration.ADDED_FIELDS`), so old and new runs compare field by field."""
-  import ml_collections
-
-  from mipae_jax import configuration
-  with open(os.path.join(run_dir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  configuration.fill_added_fields(config)
-  return config.to_dict()
+  it ran with (`config_record.load_config`), so old and new runs compare field by field."""
+  from mipae_jax import config_record
+  return config_record.load_config(run_dir).to_dict()
 
 
 def run_row(run_dir: str) -> dict:

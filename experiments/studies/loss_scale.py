@@ -14,11 +14,11 @@ import os
 
 import numpy as np
 
-from mipae_jax import evaluate, logger
+from mipae_jax import config_record, logger
 
 
 def scale(workdir: str, last: int = 500) -> dict:
-  config = evaluate.load_config(workdir)
+  config = config_record.load_config(workdir)
   records = [r for r in logger.read_records(workdir) if r.get('stage') == 'ae']
   if not records:
     raise SystemExit(f'{workdir}: no autoencoder records in metrics.jsonl')
