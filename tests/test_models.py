@@ -1,5 +1,7 @@
 """Module shapes, exact parameter counts and the custom layers against NumPy references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -219,9 +221,11 @@ def test_kernel_sets_share_parameters_and_outputs(arch):
     cfg.model.kernels = choice
     nets = models.build_models(cfg.model, cfg.data)
     ec, dec = nets['content_encoder'], nets['decoder']
-    v = ec.init(jax.random.key(1), x)
-    vd = dec.init(jax.random.key(2), jnp.zeros((4, cfg.model.content_dim)),
-                  jnp.zeros((4, cfg.model.pose_dim)), ec.apply(v, x, train=False)[1])
+    # Jitted: one compiled program per network and kernel set, not one per operation.
+    v = jax.jit(ec.init)(jax.random.key(1), x)
+    vd = jax.jit(dec.init)(jax.random.key(2), jnp.zeros((4, cfg.model.content_dim)),
+                           jnp.zeros((4, cfg.model.pose_dim)),
+                           jax.jit(functools.partial(ec.apply, train=False))(v, x)[1])
 
     def loss(p, pd, v=v, vd=vd, ec=ec, dec=dec):
       (z, skips), s = ec.apply({**v, 'params': p}, x, mutable=['batch_stats'])
@@ -230,7 +234,7 @@ def test_kernel_sets_share_parameters_and_outputs(arch):
                         mutable=['batch_stats'])
       return jnp.mean((r - x) ** 2), (z, s, sd)
 
-    (value, aux), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+    (value, aux), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
         v['params'], vd['params'])
     out[choice] = (v, vd, value, aux, g)
   (v0, vd0, l0, a0, g0), (v1, vd1, l1, a1, g1) = out['xla'], out['cpu']

@@ -20,13 +20,15 @@ def suite():
   # Noise (the probe learns nothing), swapped (ideal with the latents exchanged) and
   # padded (ideal plus noise columns) are estimated at 40,000 frames by the CLI suite
   # only (`python -m mipae_jax.metrics.mig --selfcheck`); here that would cost a minute.
-  return validation.run_suite(20_000, knn=False, twice=('ideal', 'leaky'))
+  # Stability in N is checked on the leaky case alone, the one whose bound is hardest to
+  # reach (18 informative directions); the others are checked at 20,000 frames.
+  return validation.run_suite(20_000, knn=False, twice=('leaky',))
 
 
 @pytest.mark.parametrize('case', list(validation.EXPECTED))
 def test_known_answers_and_stability_in_n(suite, case):
   """Ideal 1, noise 0, swapped -1, leaky 0.5, padded 1, each within 0.05 at 20,000 (and
-  ideal and leaky at 40,000) frames, and the two within 0.05 of each other."""
+  leaky at 40,000) frames, and the two within 0.05 of each other."""
   r = suite[case]
   assert r['mig'] == pytest.approx(validation.EXPECTED[case], abs=0.05), r
   assert r['mig_2n'] == pytest.approx(r['mig'], abs=0.05), r
