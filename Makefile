@@ -19,7 +19,7 @@ install: $(STAMP)
 # The whole suite; JAX sees 4 CPU devices so data-parallel tests run everywhere.
 test: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks
-	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q tests
+	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 tests
 
 # Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate.
 demo: $(STAMP)

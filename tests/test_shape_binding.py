@@ -1,6 +1,8 @@
 """The decoder-binding diagnostic of RESULTS.md ("Why the demo draws blobs"): its variant
 networks draw frames, its oracle codes are what they say, and a short run learns."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +25,13 @@ def test_variants_draw_frames_from_codes(variants, arch):
   c.model.arch, c.model.nf = arch, 4
   nets = models.networks(c)
   x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
-  vc = nets.content_encoder.init(jax.random.key(1), x)
-  z_c, _ = nets.content_encoder.apply(vc, x, train=False)
+  # Jitted: one compiled program per call, not one per operation.
+  vc = jax.jit(nets.content_encoder.init)(jax.random.key(1), x)
+  z_c, _ = jax.jit(functools.partial(nets.content_encoder.apply, train=False))(vc, x)
   assert z_c.shape == (2, c.model.content_dim)
   z_p = jnp.zeros((2, c.model.pose_dim))
-  vd = nets.decoder.init(jax.random.key(2), z_c, z_p)
-  frames = nets.decoder.apply(vd, z_c, z_p, train=False)
+  vd = jax.jit(nets.decoder.init)(jax.random.key(2), z_c, z_p)
+  frames = jax.jit(functools.partial(nets.decoder.apply, train=False))(vd, z_c, z_p)
   assert frames.shape == (2, 64, 64, 3)
   assert bool(jnp.all((frames > 0) & (frames < 1)))
   assert not nets.takes_skips
