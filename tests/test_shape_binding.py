@@ -52,6 +52,11 @@ def test_one_hot_codes_one_block_per_factor():
   assert z[0, 0] == 1 and z[1, 2] == 1 and z[0, 3 + 5] == 1 and z[1, 3 + 6 + 1] == 1
 
 
+def test_position_code_spans_minus_one_to_one():
+  z = shape_binding._position_code(np.array([[0, 31], [31, 0], [0, 0]]), 5)
+  np.testing.assert_allclose(z, [[-1, 1, 0, 0, 0], [1, -1, 0, 0, 0], [-1, -1, 0, 0, 0]])
+
+
 def test_a_short_diagnostic_run_learns():
   res = shape_binding.diagnose('dcgan', steps=100, shift=4, frames=1500, nf=4,
                                log_every=10)

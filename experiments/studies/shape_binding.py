@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from mipae_jax import data, layers, models
+from mipae_jax.data import dsprites
 from mipae_jax.models import Dtype
 
 
@@ -179,6 +180,13 @@ def _one_hot(labels: np.ndarray, width: int) -> np.ndarray:
   return np.pad(z, ((0, 0), (0, width - z.shape[1]))) * 2 - 1
 
 
+def _position_code(pose: np.ndarray, width: int) -> np.ndarray:
+  """`[N, 2]` grid positions (0 .. 31 per axis) -> `[N, width]`: both in [-1, 1], then
+  zeros."""
+  z = pose / ((dsprites.NUM_POSITIONS - 1) / 2) - 1
+  return np.pad(z, ((0, 0), (0, width - z.shape[1])))
+
+
 def diagnose(arch: str, steps: int, shift: int = 0, oracle_content: bool = False,
              oracle_pose: bool = False, seed: int = 0, frames: int = 20_000,
              nf: int | None = None, log_every: int = 100) -> dict:
@@ -195,9 +203,7 @@ def diagnose(arch: str, steps: int, shift: int = 0, oracle_content: bool = False
   images, content, pose = source.sample_static(seed, frames, 'train')
   images = jnp.asarray(images / max(1.0, float(images.max())), jnp.float32)
   z_content = jnp.asarray(_one_hot(content, c.model.content_dim), jnp.float32)
-  z_pose = np.pad(pose / (source.image_size // 2 - 0.5) - 1,
-                  ((0, 0), (0, c.model.pose_dim - pose.shape[1])))
-  z_pose = jnp.asarray(z_pose, jnp.float32)
+  z_pose = jnp.asarray(_position_code(pose, c.model.pose_dim), jnp.float32)
   nets = models.networks(c)
   keys = jax.random.split(jax.random.key(seed), 3)
   x0 = images[:c.batch_size]
