@@ -62,15 +62,20 @@ class _DCGANEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   kernels: layers.Kernels = layers.XLA
 
+  def blocks(self, x, train: bool):
+    """The stride-2 blocks `c1`..`cn`: `x -> (4x4 map, block outputs)`."""
+    skips = []
+    h = x
+    for i in range(dcgan_num_blocks(x.shape[1])):
+      h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
+                     kernels=self.kernels, name=f'c{i + 1}')(h, train)
+      skips.append(h)
+    return h, skips
+
   def encode(self, x, train: bool):
     n = dcgan_num_blocks(x.shape[1])
     kn = self.kernels
-    skips = []
-    h = x
-    for i in range(n):
-      h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
-                     kernels=kn, name=f'c{i + 1}')(h, train)
-      skips.append(h)
+    h, skips = self.blocks(x, train)
     h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
                     name=f'c{n + 1}_conv')(h)
     h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn,

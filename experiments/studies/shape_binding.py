@@ -66,11 +66,8 @@ class PooledContentEncoder(models.ContentEncoder):
   @nn.compact
   def __call__(self, x, train: bool = True):
     n = models.dcgan_num_blocks(x.shape[1])
-    kn, skips, h = self.kernels, [], x
-    for i in range(n):
-      h = models.DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
-                            kernels=kn, name=f'c{i + 1}')(h, train)
-      skips.append(h)
+    kn = self.kernels
+    h, skips = self.blocks(x, train)
     h = layers.conv(self.dim, 1, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
                     name=f'c{n + 1}_conv')(h)
     h = jnp.max(h, axis=(1, 2), keepdims=True)
