@@ -4,14 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench gpu-wheels clean
+.PHONY: install test lint demo bench gpu-wheels lock clean
 
 DEMO_WORKDIR ?= workdirs/demo
 
-$(STAMP): setup.cfg pyproject.toml
+LOCK := requirements/lock.txt
+
+# The exact versions tested (requirements/lock.txt) as constraints, so every install
+# and CI run is the same; setup.cfg's install_requires holds the compatible ranges.
+$(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,15 +27,21 @@ test: $(STAMP)
 
 # Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate.
 demo: $(STAMP)
-	$(PY) -m experiments.main --config=experiments/configs/demo.py --workdir=$(DEMO_WORKDIR)
+	$(VENV)/bin/mipae-train --config=demo --workdir=$(DEMO_WORKDIR)
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[bench]'
 	$(PY) -m benchmarks.run --quick
 
 # Wheels that a GPU machine's preinstalled image may lack, for benchmarks/gpu.sh there.
 gpu-wheels: $(STAMP)
 	$(PY) -m pip download -q --no-deps -d .whl ml-collections==1.1.0
+
+# Rewrite the lock from the environment as it stands (after a deliberate upgrade).
+lock: $(STAMP)
+	{ echo '# The exact versions tested together (Python 3.11, CPU): make install, make test and CI'; \
+	  echo '# install with -c requirements/lock.txt. Regenerate with: make lock'; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^mipae' ; } > $(LOCK)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks

@@ -51,7 +51,7 @@ def paired_ratios(ref_times: list, new_times: list) -> tuple[float, float, float
   return statistics.median(r), min(r), max(r)
 
 
-def bench_config(batch: int, module: str = 'experiments.configs.default', dtype: str = 'float32'):
+def bench_config(batch: int, module: str = 'mipae_jax.configs.default', dtype: str = 'float32'):
   c = importlib.import_module(module).get_config()
   c.batch_size = batch
   c.model.dtype = dtype

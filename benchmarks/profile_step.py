@@ -30,7 +30,7 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=100)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--config', default='experiments.configs.default')
+  parser.add_argument('--config', default='mipae_jax.configs.default')
   parser.add_argument('--out', default='', help='trace directory (default: a new temp dir)')
   parser.add_argument('--top', type=int, default=20, help='op kinds listed')
   args = parser.parse_args(argv)

@@ -168,7 +168,7 @@ def main(argv=None, restart: bool = False):
                       help="torch device: 'auto' (CUDA when JAX is on a GPU), 'cpu', 'cuda'")
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='dense peak of the card for --dtype (default: known cards only)')
-  parser.add_argument('--config', default='experiments.configs.default',
+  parser.add_argument('--config', default='mipae_jax.configs.default',
                       help='config module (the default is the benchmarked setting)')
   parser.add_argument('--malloc', default='tuned', choices=('tuned', 'default'),
                       help="host allocator settings for both sides: 'tuned' reuses freed "

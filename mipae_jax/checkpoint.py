@@ -202,6 +202,17 @@ def _errno_of(err: BaseException) -> int | None:
 # ------------------------------------------------------------------ The store.
 
 
+class _ReaderNotice(logging.Filter):
+  """Drops Orbax's warning that a manager opened read-only is read-only (it is logged at
+  WARNING on every restore for reading, and says only what the reader asked for)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only=')
+
+
+logging.getLogger('absl').addFilter(_ReaderNotice())
+
+
 class CheckpointStore:
   """Checkpoints of one training stage in `workdir/checkpoints/<stage>`.
 
@@ -270,7 +281,10 @@ class CheckpointStore:
       me = jax.process_index()
       processes = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=self.keep,
+        # A reader keeps and saves nothing; saying so here spares Orbax's warnings that
+        # it changed these settings for a read-only manager.
+        max_to_keep=self.keep if self.enabled else None,
+        save_interval_steps=1 if self.enabled else 0,
         create=self.enabled,
         read_only=not self.enabled,
         # A killed save leaves `<step>.orbax-checkpoint-tmp`; remove it on open.

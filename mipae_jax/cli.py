@@ -1,19 +1,22 @@
-"""What the command-line entry points share: bad input refused in one line.
+"""What the command-line tools share: bad input refused in one line.
 
-`experiments.main`, `experiments.evaluate`, `experiments.study`, `mipae_jax.data.preview`
-call `run(main)` (absl) or `guarded(main)` (argparse). A `mipae_jax.errors.UserError`
-(a bad config field, a data file, a workdir, a run that must stop) is printed as its
-message alone and the process exits with the error's status (2 for bad input, 1 for a
-run failure); any other exception is a bug and keeps its traceback. `MIPAE_VERBOSE=1` or
-`--verbose` shows the traceback of every error.
+The tools of `mipae_jax.commands` and `mipae_jax.data.prepare` call `run(main)` (absl);
+`mipae-study` and `mipae-preview` parse with `ArgumentParser` (argparse, one-line errors)
+and call `guarded(main)`. `--help` exits 0, bad input 2, a failed run 1. A
+`mipae_jax.errors.UserError` (a bad config field, a data file, a workdir, a run that must
+stop) is printed as its message alone and the process exits with the error's status (2
+for bad input, 1 for a run failure); any other exception is a bug and keeps its
+traceback. `MIPAE_VERBOSE=1` or `--verbose` shows the traceback of every error.
 
-The `--config` file and each `--config.<field>=<value>` override are checked before
+`--config=NAME[:VARIANT]` names a packaged config (`mipae_jax.configs`), anything else
+a config file. The config and each `--config.<field>=<value>` override are checked before
 absl parses them, so a missing file, a file without `get_config()` or a misspelt field
 is named in one line instead of ml_collections' tracebacks.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib.util
@@ -24,6 +27,7 @@ from collections.abc import Callable, Sequence
 from mipae_jax import errors
 
 VERBOSE_ENV = 'MIPAE_VERBOSE'
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 
 
 def verbose(argv: Sequence[str] | None = None) -> bool:
@@ -61,17 +65,36 @@ def _flag_values(argv: Sequence[str], name: str) -> list[tuple[int, str]]:
   return out
 
 
+def resolve_config_spec(spec: str) -> str:
+  """`NAME[:ARG]` of a packaged config -> `its file[:ARG]` (ml_collections reads files);
+  a file path is returned as it is. ConfigError for a name that is neither."""
+  from mipae_jax import configs
+
+  name, sep, arg = spec.partition(':')
+  if os.path.isfile(name):
+    return spec
+  if name in configs.names():
+    return configs.path(name) + sep + arg
+  if name and not name.endswith('.py') and os.sep not in name:
+    try:
+      configs.path(name)  # Raises, naming the packaged configs and the nearest one.
+    except ValueError as e:
+      raise errors.ConfigError(f'--config={spec}: {e}') from None
+  return spec
+
+
 def load_config_file(spec: str):
-  """The ConfigDict of `path[:arg]` (ml_collections' syntax); ConfigError if the file is
-  missing, does not import, or has no `get_config()`."""
-  path, _, arg = spec.partition(':')
+  """The ConfigDict of a packaged config `NAME[:ARG]` or a file `path[:arg]`
+  (ml_collections' syntax); ConfigError if the file is missing, does not import, or has
+  no `get_config()`."""
+  path, _, arg = resolve_config_spec(spec).partition(':')
   if not path:
-    raise errors.ConfigError('--config is empty: pass a config file, e.g. '
-                             '--config=experiments/configs/demo.py')
+    raise errors.ConfigError('--config is empty: pass a packaged config or a config file, '
+                             'e.g. --config=demo')
   if not os.path.isfile(path):
     raise errors.ConfigError(
-        f'config file {path!r} not found (looked from {os.getcwd()!r}). Pass an existing '
-        'file, e.g. --config=experiments/configs/demo.py.')
+        f'config file {path!r} not found (looked from {os.getcwd()!r}). Pass a packaged '
+        'config (e.g. --config=demo, --config=dsprites:drnet) or an existing file.')
   module_spec = importlib.util.spec_from_file_location('_mipae_config_check', path)
   if module_spec is None or module_spec.loader is None:
     raise errors.ConfigError(f'config file {path!r} is not a Python file: it must define '
@@ -87,11 +110,11 @@ def load_config_file(spec: str):
   if not callable(get_config):
     raise errors.ConfigError(
         f'config file {path!r} defines no get_config(): it must define get_config() '
-        'returning an ml_collections.ConfigDict (see experiments/configs/default.py).')
+        'returning an ml_collections.ConfigDict (see mipae_jax/configs/default.py).')
   try:
     return get_config(arg) if arg else get_config()
-  except TypeError as e:
-    raise errors.ConfigError(f'{spec!r}: get_config({arg!r}) failed: {e}.') from e
+  except (TypeError, ValueError) as e:
+    raise errors.ConfigError(f'{spec!r}: get_config({arg!r}) failed: {e}') from e
 
 
 def field_value(config, field: str):
@@ -205,16 +228,58 @@ def _closed_loop(value) -> bool:
   return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
 
 
-def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | None = 'config'
-        ) -> None:
-  """`absl.app.run(main)` with the checks and one-line refusals above."""
+class UsageError(errors.UserError, ValueError):
+  """The command line itself is wrong: an unknown or missing flag, a stray argument."""
+
+
+def _resolve_config_flags(argv: list[str], flag: str) -> list[str]:
+  """`--config=NAME[:ARG]` (or `--config NAME`) rewritten to the packaged file's path."""
+  out = list(argv)
+  for i, value in _flag_values(argv, flag):
+    resolved = resolve_config_spec(value)
+    if out[i].startswith(f'--{flag}='):
+      out[i] = f'--{flag}={resolved}'
+    else:
+      out[i + 1] = resolved
+  return out
+
+
+def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | None = 'config',
+        required: Sequence[str] = (), doc: str | None = None) -> None:
+  """`absl.app.run(main)` with the checks and one-line refusals above.
+
+  Args:
+    main: called with the arguments left after the flags (only the program name: a stray
+      argument is refused).
+    argv: the command line (default `sys.argv`).
+    config_flag: the config-file flag to check (and resolve by name) before parsing.
+    required: flags that must be given; a missing one is refused in one line, status 2.
+    doc: printed first by `--help`.
+  """
   from absl import app, flags
 
   if 'verbose' not in flags.FLAGS:
     flags.DEFINE_boolean('verbose', False, 'Show the full traceback of every error '
                          f'(also: {VERBOSE_ENV}=1).')
-  argv = list(sys.argv if argv is None else argv)
+  argv = ['--help' if a == '-h' else a for a in (sys.argv if argv is None else argv)]
+  if doc and any(a in HELP_FLAGS for a in argv[1:]):
+    print(doc.strip() + '\n')
   started = []
+
+  def parse(args):
+    try:
+      rest = flags.FLAGS(args)
+    except flags.Error as e:
+      raise UsageError(f'{errors.first_line(str(e))} (see --help).') from None
+    missing = [n for n in required if flags.FLAGS[n].value is None]
+    if missing:
+      raise UsageError('; '.join(f'--{n} is required ({flags.FLAGS[n].help})'
+                                 for n in missing) + ' (see --help).')
+    if len(rest) > 1:
+      raise UsageError(
+          f'unexpected argument(s) {rest[1:]}: every option is --name=value. A value with '
+          'spaces must be quoted (--workdir="my runs/x"), or it splits into such arguments.')
+    return rest
 
   def wrapped(args):
     started.append(True)
@@ -222,8 +287,14 @@ def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | No
 
   try:
     if config_flag:
+      argv = _resolve_config_flags(argv, config_flag)
       check_config_flags(argv, config_flag)
-    app.run(wrapped, argv=argv)
+    app.run(wrapped, argv=argv, flags_parser=parse)
+  except SystemExit as e:
+    # absl exits 1 after printing --help; help asked for is a success.
+    if not started and e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except errors.UserError as e:
     if verbose(argv):
       raise
@@ -234,3 +305,11 @@ def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | No
     # From absl / ml_collections parsing the command line.
     _refuse(errors.ConfigError(f'the command line could not be parsed: '
                                f'{errors.first_line(str(e))}'), 2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with the tools' conventions: an error is one line on stderr, status 2."""
+
+  def error(self, message):
+    print(f'{self.prog}: error: {message} (see --help)', file=sys.stderr, flush=True)
+    sys.exit(2)

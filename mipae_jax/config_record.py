@@ -54,14 +54,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise errors.NotARunError(
-        f'{path} not found: {workdir} is not a run directory made by experiments.main.')
+        f'{path} not found: {workdir} is not a run directory made by mipae-train.')
   try:
     with open(path) as f:
       config = ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise errors.WorkdirError(
         f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
-        'damaged (truncated?). Restore it from a copy, or rerun experiments.main with the '
+        'damaged (truncated?). Restore it from a copy, or rerun mipae-train with the '
         'original --config and overrides, which rewrites it.') from e
   configuration.fill_added_fields(config)
   return config

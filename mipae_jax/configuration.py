@@ -8,32 +8,11 @@ import math
 import ml_collections
 
 from mipae_jax import data, errors, losses, models
+from mipae_jax.configs import default as default_config
 
 DTYPES = ('float32', 'bfloat16')
 MIG_ESTIMATORS = ('probe', 'paper')
 KNN_MODES = ('discrete', 'continuous')
-
-
-# Every field a run reads (`experiments/configs/default.py` defines them all; a test keeps
-# the two lists equal). A config written for an older version may lack some: it is refused
-# naming them, before anything runs, instead of failing with a KeyError mid-run.
-REQUIRED_FIELDS = (
-    'seed', 'batch_size',
-    'data.name', 'data.image_size', 'data.channels', 'data.input_frames',
-    'data.target_frames', 'data.num_objects', 'data.rotation', 'data.path',
-    'data.split_seed', 'data.pipeline', 'data.tfds_name', 'data.data_dir',
-    'model.arch', 'model.nf', 'model.content_dim', 'model.pose_dim', 'model.skips',
-    'model.normalize_pose', 'model.kernels',
-    'model.critic_width', 'model.lstm_hidden', 'model.lstm_layers', 'model.dtype',
-    'loss.name', 'loss.recon', 'loss.fg_weight', 'loss.alpha', 'loss.beta', 'loss.smile_clip',
-    'optim.lr', 'optim.b1', 'optim.b2', 'optim.eps',
-    'lstm_optim.lr', 'lstm_optim.b1', 'lstm_optim.b2', 'lstm_optim.eps',
-    'train.ae_steps', 'train.lstm_steps', 'train.log_every', 'train.ckpt_every',
-    'train.keep_checkpoints', 'train.profile_steps', 'lstm.code_pool',
-    'eval.mig_samples', 'eval.mig_estimator', 'eval.paper_protocol',
-    'eval.knn_content_mode', 'eval.knn_pose_mode', 'eval.test_videos',
-    'eval.future_frames', 'eval.seed', 'eval.test_seq',
-)
 
 
 # Fields added after runs were recorded without them, with the value those runs used: a
@@ -44,6 +23,21 @@ ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weig
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
                 'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': ''}
 RECON_LOSSES = ('l2', 'l1', 'bce')
+
+
+def leaves(c, prefix: str = ''):
+  """`(dotted field, value)` of every leaf of a config or nested dict."""
+  for k, v in c.items():
+    if hasattr(v, 'items'):
+      yield from leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+# Every field a run reads: the leaves of the packaged defaults, which define them all. A
+# config written for an older version may lack some: it is refused naming them, before
+# anything runs, instead of failing with a KeyError mid-run.
+REQUIRED_FIELDS = tuple(field for field, _ in leaves(default_config.get_config()))
 
 
 def fill_added_fields(config) -> None:
@@ -82,15 +76,6 @@ def _non_negative_int(c, field: str):
     _fail(field, v, 'an integer >= 0')
 
 
-def leaves(c, prefix: str = ''):
-  """`(dotted field, value)` of every leaf of a config or nested dict."""
-  for k, v in c.items():
-    if hasattr(v, 'items'):
-      yield from leaves(v, f'{prefix}{k}.')
-    else:
-      yield f'{prefix}{k}', v
-
-
 def check_fields(config) -> None:
   """Refuses a config lacking a field a run reads, or holding a NaN or infinite number."""
   missing = []
@@ -102,8 +87,8 @@ def check_fields(config) -> None:
   if missing:
     raise errors.ConfigError(
         f'the config lacks field(s) {", ".join(missing)}: build it from '
-        'experiments/configs/default.py\'s get_config() (which defines every field) and '
-        'override what differs.')
+        'mipae_jax.configs.get(\'default\') (which defines every field) and override '
+        'what differs.')
   for field, v in leaves(config):
     if isinstance(v, float) and not math.isfinite(v):
       _fail(field, v, 'a finite number')

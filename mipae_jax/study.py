@@ -1,7 +1,7 @@
 """A seeded comparison of methods: each (method, seed) an ordinary run, then statistics.
 
-`experiments/study.py` runs every (method, seed) as `python -m experiments.main` in its
-own workdir `DIR/{method}-s{seed}` and calls `aggregate(DIR)`, which reads each run's
+`mipae-study` runs every (method, seed) as `mipae-train` in its own workdir
+`DIR/{method}-s{seed}` and calls `aggregate(DIR)`, which reads each run's
 `eval/metrics.json` and writes
 
   DIR/results.json  every run's row, per-method means with 95% Student-t intervals over
@@ -141,7 +141,7 @@ def check_comparable(rows: Sequence[dict]) -> None:
   if problems:
     raise ValueError('refusing to aggregate runs evaluated on different terms (the '
                      'estimates depend on them): ' + '; '.join(problems)
-                     + '. Rerun or re-evaluate them with one setting (experiments.evaluate '
+                     + '. Rerun or re-evaluate them with one setting (mipae-evaluate '
                      '--override=eval.FIELD=VALUE for eval.* fields).')
 
 

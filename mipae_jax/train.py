@@ -82,7 +82,7 @@ def init_autoencoder_variables(config, key) -> tuple[dict, dict, dict]:
 
 
 def create_train_state(config, key) -> AEState:
-  """Fresh autoencoder-stage state for `config` (see `experiments/configs`)."""
+  """Fresh autoencoder-stage state for `config` (see `mipae_jax.configs`)."""
   # One compiled program: initialising op by op is many times slower on CPU.
   params, stats, critic_params = jax.jit(
       functools.partial(init_autoencoder_variables, config))(key)

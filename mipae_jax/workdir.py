@@ -23,7 +23,7 @@ from mipae_jax import errors
 CONFIG_FILE = 'config.json'  # A run's config record (config_record.record_config): its mark.
 LOCK_FILE = 'run.lock'
 # Files a run directory may hold before its config is recorded: the lock of a run that
-# stopped before writing config.json, and what `experiments.study` writes first.
+# stopped before writing config.json, and what `mipae-study` writes first.
 EARLY_FILES = frozenset({LOCK_FILE, 'study.log', 'study_time.json'})
 
 

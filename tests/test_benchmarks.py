@@ -14,7 +14,7 @@ torch = pytest.importorskip(
 
 from benchmarks import common, run  # noqa: E402
 from benchmarks import torch_reference as ref  # noqa: E402
-from experiments.configs import tiny  # noqa: E402
+from mipae_jax.configs import tiny  # noqa: E402
 
 
 def test_peak_table_matches_cards_and_uses_tf32_for_float32():
@@ -57,7 +57,7 @@ def test_reference_bfloat16_computes_in_bfloat16_with_float32_parameters():
 
 
 def test_benchmark_prints_every_ratio(capsys):
-  run.main(['--config', 'experiments.configs.tiny', '--batch', '2', '--reps', '1',
+  run.main(['--config', 'mipae_jax.configs.tiny', '--batch', '2', '--reps', '1',
             '--skip', 'sweep', '--peak_tflops', '1'])
   out = capsys.readouterr().out
   ratios = dict(re.findall(r'^ratio (\w+) [\w/]+: ([\d.]+)$', out, re.M))

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import checkpoint as ckpt
 from mipae_jax import config_record
+from mipae_jax.configs import tiny
 from mipae_jax.train import AEState, create_train_state
 
 # A restore that hits a corrupted array leaves Orbax's reads of the other arrays
@@ -187,7 +187,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, abstract, state
       import functools, sys, time
       import jax, jax.numpy as jnp
       from orbax.checkpoint._src.path import atomicity
-      from experiments.configs import tiny
+      from mipae_jax.configs import tiny
       from mipae_jax import checkpoint as ckpt
       from mipae_jax.train import create_train_state
       abstract = jax.eval_shape(functools.partial(create_train_state, tiny.get_config()),

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import cli, config_record, errors
+from mipae_jax.configs import tiny
 from mipae_jax.data import preview
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def test_config_file_problems_are_named(tmp_path):
   (tmp_path / 'broken.py').write_text('def get_config(:\n')
   with pytest.raises(errors.ConfigError, match=r'fails to import: SyntaxError'):
     cli.load_config_file(str(tmp_path / 'broken.py'))
-  c = cli.load_config_file('experiments/configs/dsprites.py:drnet')
+  c = cli.load_config_file('dsprites:drnet')
   assert c.loss.name == 'drnet'
 
 
@@ -70,29 +70,29 @@ def test_unknown_fields_and_malformed_values_are_named():
 @pytest.mark.parametrize('args,message', [
     (['--config=nope.py'], r"ConfigError: config file 'nope.py' not found"),
     (['--config=README.md'], r"ConfigError: config file 'README.md' is not a Python file"),
-    (['--config=experiments/configs/tiny.py', '--config.nope=1'],
+    (['--config=tiny', '--config.nope=1'],
      r"ConfigError: config has no field 'nope'"),
-    (['--config=experiments/configs/tiny.py', '--config.eval.seed=(1,'],
+    (['--config=tiny', '--config.eval.seed=(1,'],
      r"ConfigError: --config.eval.seed='\(1,' is not a value of the field's type"),
-    (['--config=experiments/configs/tiny.py', '--config.optim.lr=nan'],
+    (['--config=tiny', '--config.optim.lr=nan'],
      r'ConfigError: config.optim.lr=nan is not allowed: expected a finite number'),
-    (['--config=experiments/configs/tiny.py', '--config.data.name=moving_mnist',
+    (['--config=tiny', '--config.data.name=moving_mnist',
       '--config.data.path=/nope'],
      r"DataNotFoundError: config.data.path: '/nope' does not exist"),
 ])
 def test_main_refuses_bad_input_in_one_line_with_status_2(tmp_path, args, message):
-  out = run('experiments.main', *args, f'--workdir={tmp_path}/run')
+  out = run('mipae_jax.commands.train', *args, f'--workdir={tmp_path}/run')
   assert out.returncode == 2, out.stderr[-2000:]
   assert re.match(message, one_line(out)), out.stderr
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-  args = ['--config=experiments/configs/tiny.py', '--config.optim.lr=nan',
+  args = ['--config=tiny', '--config.optim.lr=nan',
           f'--workdir={tmp_path}/run']
-  out = run('experiments.main', *args, '--verbose')
+  out = run('mipae_jax.commands.train', *args, '--verbose')
   assert out.returncode != 0 and 'Traceback' in out.stderr and 'ConfigError' in out.stderr
-  out = run('experiments.main', *args, env={cli.VERBOSE_ENV: '1'})
+  out = run('mipae_jax.commands.train', *args, env={cli.VERBOSE_ENV: '1'})
   assert 'Traceback' in out.stderr
 
 
@@ -105,13 +105,13 @@ def _fake_run(tmp_path):
 
 def test_evaluate_takes_config_eval_overrides_and_refuses_unknown_ones(tmp_path):
   d = _fake_run(tmp_path)
-  out = run('experiments.evaluate', f'--workdir={d}', '--config.eval.nope=1')
+  out = run('mipae_jax.commands.evaluate', f'--workdir={d}', '--config.eval.nope=1')
   assert out.returncode == 2
   assert one_line(out).startswith("ConfigError: config has no field 'eval.nope' (eval has: ")
-  out = run('experiments.evaluate', f'--workdir={d}', '--override', 'eval.mig_samplez=1')
+  out = run('mipae_jax.commands.evaluate', f'--workdir={d}', '--override', 'eval.mig_samplez=1')
   assert out.returncode == 2 and 'Did you mean eval.mig_samples?' in one_line(out)
   # A known field passes the override check and reaches the (missing) autoencoder.
-  out = run('experiments.evaluate', f'--workdir={d}', '--config.eval.mig_samples=200')
+  out = run('mipae_jax.commands.evaluate', f'--workdir={d}', '--config.eval.mig_samples=200')
   assert out.returncode == 2
   assert one_line(out).startswith('NotARunError: No autoencoder checkpoint in ')
 
@@ -120,7 +120,7 @@ def test_evaluate_names_a_truncated_config_record(tmp_path):
   d = _fake_run(tmp_path)
   text = (d / 'config.json').read_text()
   (d / 'config.json').write_text(text[:len(text) // 2])
-  out = run('experiments.evaluate', f'--workdir={d}')
+  out = run('mipae_jax.commands.evaluate', f'--workdir={d}')
   assert out.returncode == 2
   assert 'config.json cannot be read' in one_line(out) and 'truncated?' in one_line(out)
 
@@ -180,7 +180,7 @@ def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
          if k not in (cli.VERBOSE_ENV, 'JAX_COMPILATION_CACHE_DIR')}
   env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', '--config=experiments/configs/tiny.py',
+      [sys.executable, '-m', 'mipae_jax.commands.train', '--config=tiny',
        f'--workdir={tmp_path}/run'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=180, preexec_fn=limit)
   assert out.returncode == 1, out.stderr[-3000:]

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from experiments.configs import default, demo, dsprites, mnist, mpi3d, study, tiny
-from mipae_jax import configuration, errors
+from mipae_jax import configs, configuration, errors
+from mipae_jax.configs import default, demo, dsprites, mnist, mpi3d, study, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,14 +81,19 @@ def test_bad_configs_name_the_field(changes, devices, message):
     configuration.validate(edit(**changes), num_devices=devices)
 
 
-def test_required_fields_are_the_default_configs_fields():
-  def leaves(c, prefix=''):
-    for k, v in c.items():
-      if hasattr(v, 'items'):
-        yield from leaves(v, f'{prefix}{k}.')
-      else:
-        yield f'{prefix}{k}'
-  assert set(leaves(default.get_config())) == set(configuration.REQUIRED_FIELDS)
+def test_packaged_configs_by_name():
+  """`configs.get('NAME[:VARIANT]')` is each module's get_config; a bad name is named."""
+  assert configs.get('dsprites:drnet').to_dict() == dsprites.get_config('drnet').to_dict()
+  assert configs.get('tiny').to_dict() == tiny.get_config().to_dict()
+  assert configs.get('demo:drnet').loss.name == 'drnet'
+  assert configs.get('study:paper').to_dict() == default.get_config().to_dict()
+  for name in configs.names():
+    assert os.path.isfile(configs.path(name))
+    configuration.check_fields(configs.get(name))  # Each defines every field a run reads.
+  with pytest.raises(ValueError, match=r"no packaged config 'tinny'.*Did you mean 'tiny'"):
+    configs.get('tinny')
+  assert {'seed', 'data.name', 'model.kernels', 'eval.test_seq'} <= set(
+      configuration.REQUIRED_FIELDS)
 
 
 def test_a_config_lacking_fields_is_refused_naming_them():
@@ -96,15 +101,15 @@ def test_a_config_lacking_fields_is_refused_naming_them():
   del c.train['profile_steps']
   del c.eval['seed']
   with pytest.raises(errors.ConfigError,
-                     match=r"lacks field\(s\) train\.profile_steps, eval\.seed: build it "
-                           r"from experiments/configs/default\.py"):
+                     match=r"lacks field\(s\) eval\.seed, train\.profile_steps: build it "
+                           r"from mipae_jax\.configs\.get\('default'\)"):
     configuration.validate(c)
 
 
 def test_command_line_overrides_reach_validation(tmp_path):
   """`--config.field=value` works, and a bad value stops the run before any compute."""
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', '--config=experiments/configs/tiny.py',
+      [sys.executable, '-m', 'mipae_jax.commands.train', '--config=tiny',
        '--config.loss.name=infogan', f'--workdir={tmp_path}/run'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0

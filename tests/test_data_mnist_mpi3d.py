@@ -264,8 +264,8 @@ def test_standard_moving_mnist_test_set_scores_prediction(tmp_path):
   """config.eval.test_seq: prediction is scored on the first eval.test_videos sequences of
   mnist_test_seq.npy ([20, N, 64, 64] uint8, frames first), context then future frames,
   and the report says which; other datasets refuse the option."""
-  from experiments.configs import mnist as mnist_config
   from mipae_jax import configuration, errors, evaluate
+  from mipae_jax.configs import mnist as mnist_config
   x, y = fake_mnist(200, 0)
   np.savez(tmp_path / 'mnist.npz', x_train=x, y_train=y, x_test=x[:50], y_test=y[:50])
   seq = np.random.default_rng(0).integers(0, 256, (20, 30, 64, 64)).astype(np.uint8)

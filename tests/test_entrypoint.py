@@ -1,4 +1,4 @@
-"""`python -m experiments.main` stops on SIGTERM with a saved checkpoint and exit 143."""
+"""`mipae-train` stops on SIGTERM with a saved checkpoint and exit 143."""
 
 import os
 import signal
@@ -15,7 +15,7 @@ def test_sigterm_saves_and_exits_with_128_plus_signal(tmp_path):
   workdir = tmp_path / 'run'
   env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'experiments.main', '--config=experiments/configs/tiny.py',
+      [sys.executable, '-m', 'mipae_jax.commands.train', '--config=tiny',
        '--config.train.ae_steps=100000', '--config.train.ckpt_every=100000',
        f'--workdir={workdir}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import configuration, losses, models, train
+from mipae_jax.configs import tiny
 
 
 def softplus(x):

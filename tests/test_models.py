@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import dsprites as dsprites_config
-from experiments.configs import mpi3d as mpi3d_config
 from mipae_jax import cpu_kernels, layers, models
+from mipae_jax.configs import dsprites as dsprites_config
+from mipae_jax.configs import mpi3d as mpi3d_config
 
 
 def n_params(module, *args, **kwargs):

@@ -113,7 +113,7 @@ def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir
   """config.data.pipeline='tfds': each process reads only its devices' rows of the global
   batch from the prepared dataset; together they train exactly as one process holding
   both devices (rows read twice or not at all would change the parameters)."""
-  from experiments.configs import tiny
+  from mipae_jax.configs import tiny
   from mipae_jax.data import prepare
   data_dir = tmp_path / 'tfds'
   name = prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)

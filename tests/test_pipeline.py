@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.configs import tiny
 from mipae_jax import checkpoint, config_record, data, evaluate, parallel, pipeline
+from mipae_jax.configs import tiny
 from mipae_jax.logger import NonFiniteError
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import predict, train
+from mipae_jax.configs import tiny
 from mipae_jax.models import build_models
 
 

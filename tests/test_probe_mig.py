@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import optimize, special
 
-from experiments.configs import tiny
 from mipae_jax import data, evaluate, train
+from mipae_jax.configs import tiny
 from mipae_jax.data import dsprites
 from mipae_jax.metrics import mig, probe, validation
 

@@ -41,7 +41,7 @@ def test_summarize_names_a_missing_trace(tmp_path):
 
 def test_profile_step_prints_the_table(tmp_path, capsys):
   from benchmarks import profile_step
-  profile_step.main(['--config', 'experiments.configs.tiny', '--batch', '2', '--steps', '1',
+  profile_step.main(['--config', 'mipae_jax.configs.tiny', '--batch', '2', '--steps', '1',
                      '--out', str(tmp_path)])
   out = capsys.readouterr().out
   assert 'ae iteration, batch 2, float32' in out

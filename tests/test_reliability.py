@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from helpers.launch import Worker
 
-from experiments.configs import tiny
 from mipae_jax import checkpoint, config_record, distributed, evaluate, pipeline, train
+from mipae_jax.configs import tiny
 from mipae_jax.data import moving_mnist, mpi3d
 
 FULL = os.environ.get('MIPAE_FULL_RELIABILITY') == '1'
@@ -282,7 +282,7 @@ def test_unreadable_last_good_falls_back_with_a_warning(tmp_path, caplog):
 
 def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'config\.json not found: .* is not a run '
-                                              r'directory made by experiments\.main'):
+                                              r'directory made by mipae-train'):
     evaluate.evaluate_workdir(str(tmp_path))
 
 
@@ -336,7 +336,7 @@ def test_sigkill_mid_epoch_of_a_tfds_run_resumes_bit_identical(tmp_path, cache_d
   """config.data.pipeline='tfds': a run SIGKILLed mid-epoch (12 videos, 16 read a step)
   restarts from its last checkpoint, puts the grain reader where that checkpoint saved it
   and ends bit-identical to a run never stopped."""
-  from experiments.configs import tiny
+  from mipae_jax.configs import tiny
   from mipae_jax.data import prepare
   data_dir = tmp_path / 'tfds'
   flag = [f'--tfds={prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)}'

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import demo
 from experiments.studies import shape_binding
 from mipae_jax import models
+from mipae_jax.configs import demo
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from experiments import study as study_cli
 from mipae_jax import study
+from mipae_jax.commands import study as study_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CMD = ['-m', 'experiments.study', '--config=experiments/configs/tiny.py',
+CMD = ['-m', 'mipae_jax.commands.study', '--config=tiny',
        '--methods=mipae,drnet', '--seeds=0,1']
 
 

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import configuration, errors, parallel, pipeline
+from mipae_jax.configs import tiny
 from mipae_jax.data import prepare, tfds_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_missing_partial_and_mismatched_datasets_are_refused(prepared, tmp_path)
 def test_prepare_command_prints_the_overrides(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'mipae_jax.data.prepare',
-       f'--config={ROOT}/experiments/configs/tiny.py', f'--data_dir={tmp_path}',
+       '--config=tiny', f'--data_dir={tmp_path}',
        '--train_videos=3', '--test_videos=2'],
       capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_prepare_command_prints_the_overrides(tmp_path):
       f'mipae_moving_dsprites/f4-c3-o2-split0-seed0-n3x2 --config.data.data_dir={tmp_path}')
   bad = subprocess.run(
       [sys.executable, '-m', 'mipae_jax.data.prepare',
-       f'--config={ROOT}/experiments/configs/tiny.py', f'--data_dir={tmp_path}',
+       '--config=tiny', f'--data_dir={tmp_path}',
        '--train_videos=0'], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
   assert bad.returncode == 2 and '--train_videos=0' in bad.stderr
 

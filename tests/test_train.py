@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import configuration, parallel, train
+from mipae_jax.configs import tiny
 from mipae_jax.data import sharding
 
 

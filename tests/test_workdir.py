@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import tiny
 from mipae_jax import config_record, errors, evaluate, logger, parallel, pipeline, workdir
+from mipae_jax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

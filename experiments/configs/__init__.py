@@ -1,0 +1,1 @@
+"""Aliases of the packaged configs (mipae_jax/configs)."""

@@ -1,14 +1,5 @@
-"""The paper's Moving MNIST setting (DRNET style: two digits, one colour channel each).
+"""Alias of the packaged config `mipae_jax/configs/mnist.py` (`--config=mnist`), kept so that
+commands and config files written for this path keep working."""
 
-Needs the MNIST files: `--config.data.path=DIR` holding the IDX `.gz` files, a
-`mnist.npz`, or a TFDS data dir with a prepared `mnist`. Variants as in dsprites.py.
-"""
-
-from experiments.configs import default
-from experiments.configs.dsprites import with_loss
-
-
-def get_config(arg=None):
-  c = default.get_config()
-  c.data.name = 'moving_mnist'
-  return with_loss(c, arg)
+from mipae_jax.configs.mnist import *  # noqa: F403
+from mipae_jax.configs.mnist import get_config  # noqa: F401

@@ -1,19 +1,5 @@
-"""The paper's MPI3D-real setting: VGG content encoder and decoder with skips, ResNet-18
-pose encoder, 10 pose dimensions, 200 epochs.
+"""Alias of the packaged config `mipae_jax/configs/mpi3d.py` (`--config=mpi3d`), kept so that
+commands and config files written for this path keep working."""
 
-Needs `--config.data.path=.../mpi3d_real.npz` (or the extracted `.npy`). Variants as in
-dsprites.py.
-"""
-
-from experiments.configs import default
-from experiments.configs.dsprites import with_loss
-
-
-def get_config(arg=None):
-  c = default.get_config()
-  c.data.name = 'mpi3d'
-  c.model.arch = 'vgg'
-  c.model.pose_dim = 10
-  c.model.skips = True
-  c.train.ae_steps = 200 * 600
-  return with_loss(c, arg)
+from mipae_jax.configs.mpi3d import *  # noqa: F403
+from mipae_jax.configs.mpi3d import get_config  # noqa: F401

@@ -1,24 +1,5 @@
-"""Tiny variant for tests and smoke runs: 32x32 frames, narrow layers, few frames."""
+"""Alias of the packaged config `mipae_jax/configs/tiny.py` (`--config=tiny`), kept so that
+commands and config files written for this path keep working."""
 
-from experiments.configs import default
-
-
-def get_config():
-  c = default.get_config()
-  c.batch_size = 8
-  c.data.image_size = 32
-  c.data.input_frames = 2
-  c.data.target_frames = 2
-  c.model.nf = 8
-  c.model.content_dim = 16
-  c.model.pose_dim = 3
-  c.model.critic_width = 32
-  c.model.lstm_hidden = 16
-  c.train.ae_steps = 2
-  c.train.lstm_steps = 2
-  c.train.log_every = 1
-  c.train.ckpt_every = 1
-  c.eval.mig_samples = 500
-  c.eval.test_videos = 16
-  c.eval.future_frames = 2
-  return c
+from mipae_jax.configs.tiny import *  # noqa: F403
+from mipae_jax.configs.tiny import get_config  # noqa: F401

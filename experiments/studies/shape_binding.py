@@ -4,7 +4,7 @@ by another, within the demo's budget? (RESULTS.md, "Why the demo draws blobs".)
   python -m experiments.studies.shape_binding diagnose --arch=dcgan --steps=1500 \
       [--shift=10] [--oracle_content] [--oracle_pose] --out=docs/study/binding
 
-`diagnose` trains the demo's networks (`experiments/configs/demo.py`: nf 16, one sprite,
+`diagnose` trains the demo's networks (`demo`: nf 16, one sprite,
 batch 32, Adam as the paper) as a plain autoencoder on static rendered frames, loss
 L_recon only, and writes `OUT/<name>.png` (16 held-out frames above, their
 reconstructions below) and `OUT/<name>.json` (the loss every 100 steps, the held-out MSE):
@@ -15,7 +15,7 @@ reconstructions below) and `OUT/<name>.json` (the loss every 100 steps, the held
 - `--oracle_content`: z_c is replaced by the true (shape, scale, orientation) one-hot;
 - `--oracle_pose`: z_p by the true (x, y) position scaled to [-1, 1].
 
-  python -m experiments.studies.shape_binding main --config=experiments/configs/demo.py \
+  python -m experiments.studies.shape_binding main --config=demo \
       --workdir=workdirs/demo-broadcast --config.model.arch=broadcast
 
 `main` runs `experiments.main` (the whole demo) with this module's architectures
@@ -191,7 +191,7 @@ def diagnose(arch: str, steps: int, shift: int = 0, oracle_content: bool = False
   networks' width, the demo's by default). Returns {'losses': [(step, L_recon)] every
   `log_every` steps, 'test_mse', 'seconds', 'frames': [16, H, W, C], 'recon': [16, H, W,
   C]}."""
-  from experiments.configs import demo
+  from mipae_jax.configs import demo
   c = demo.get_config()
   c.model.arch = arch
   if nf is not None:

@@ -1,7 +1,6 @@
 """Builds a config's dataset once, as TFDS array_record splits, for `pipeline='tfds'` runs.
 
-  python -m mipae_jax.data.prepare --config=experiments/configs/demo.py --data_dir=DIR \
-      [--train_videos=10000 --test_videos=2000]
+  mipae-prepare --config=demo --data_dir=DIR [--train_videos=10000 --test_videos=2000]
 
 Rendered Moving dSprites needs nothing else (the published sprite array, when
 `config.data.path` names it, is used instead of the renderer); Moving MNIST reads the
@@ -26,7 +25,6 @@ config_flags.DEFINE_config_file('config', None, 'The run config the dataset is f
 flags.DEFINE_string('data_dir', None, 'Where TFDS keeps prepared datasets.')
 flags.DEFINE_integer('train_videos', 10_000, 'Videos in the train split.')
 flags.DEFINE_integer('test_videos', 2_000, 'Videos in the test split.')
-flags.mark_flags_as_required(['config', 'data_dir'])
 
 
 def prepare(data_config, data_dir: str, num_train: int, num_test: int) -> str:
@@ -52,7 +50,7 @@ def prepare(data_config, data_dir: str, num_train: int, num_test: int) -> str:
   return tfds_source.dataset_name(data_config, num_train, num_test)
 
 
-def main(argv):
+def _main(argv):
   del argv
   from mipae_jax import cli, data
 
@@ -65,7 +63,12 @@ def main(argv):
         f'--config.data.data_dir={FLAGS.data_dir}')
 
 
-if __name__ == '__main__':
+def main(argv=None):
   from mipae_jax import cli
 
-  cli.run(main, sys.argv)
+  cli.run(_main, sys.argv if argv is None else argv, required=('config', 'data_dir'),
+          doc=__doc__)
+
+
+if __name__ == '__main__':
+  main()

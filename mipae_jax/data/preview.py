@@ -1,8 +1,8 @@
 """Writes a GIF and a PNG filmstrip of a few videos with their factors printed.
 
-  python -m mipae_jax.data.preview --dataset moving_dsprites --out /tmp/preview
-  python -m mipae_jax.data.preview --dataset moving_mnist --out DIR --path ~/mnist
-  python -m mipae_jax.data.preview --dataset mpi3d --out DIR --path mpi3d_real.npz
+  mipae-preview --dataset=moving_dsprites --out=/tmp/preview
+  mipae-preview --dataset=moving_mnist --out=DIR --path=~/mnist
+  mipae-preview --dataset=mpi3d --out=DIR --path=mpi3d_real.npz
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _build(args):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
+  parser = cli.ArgumentParser(prog='mipae-preview', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--dataset', required=True,
                       choices=['moving_dsprites', 'moving_mnist', 'mpi3d'])

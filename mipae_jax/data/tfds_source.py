@@ -1,7 +1,7 @@
 """Training and evaluating from a prepared TFDS dataset (`config.data.pipeline = 'tfds'`).
 
-  python -m mipae_jax.data.prepare --config=CONFIG --data_dir=DIR   # once
-  python -m experiments.main --config=CONFIG --config.data.pipeline=tfds \
+  mipae-prepare --config=CONFIG --data_dir=DIR   # once
+  mipae-train --config=CONFIG --config.data.pipeline=tfds \
       --config.data.tfds_name=NAME --config.data.data_dir=DIR --workdir=...
 
 `prepared_config(config.data, ...)` names the dataset a config trains on: the builder of

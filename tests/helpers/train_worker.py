@@ -50,8 +50,8 @@ def main():
   import jax
   import numpy as np
 
-  from experiments.configs import tiny
   from mipae_jax import data, distributed, parallel, pipeline
+  from mipae_jax.configs import tiny
   from mipae_jax.data import common
 
   class HostRendered:
@@ -101,7 +101,7 @@ def main():
     print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
   except distributed.PeerLost as e:
-    distributed.exit_after_peer_lost(e)  # As experiments.main does.
+    distributed.exit_after_peer_lost(e)  # As mipae-train does.
   out = args.out
   if jax.process_count() > 1:
     root, ext = os.path.splitext(out)

@@ -1,0 +1,24 @@
+"""Tiny variant for tests and smoke runs: 32x32 frames, narrow layers, few frames."""
+
+from mipae_jax.configs import default
+
+
+def get_config(arg=None):
+  c = default.get_config()
+  c.batch_size = 8
+  c.data.image_size = 32
+  c.data.input_frames = 2
+  c.data.target_frames = 2
+  c.model.nf = 8
+  c.model.content_dim = 16
+  c.model.pose_dim = 3
+  c.model.critic_width = 32
+  c.model.lstm_hidden = 16
+  c.train.ae_steps = 2
+  c.train.lstm_steps = 2
+  c.train.log_every = 1
+  c.train.ckpt_every = 1
+  c.eval.mig_samples = 500
+  c.eval.test_videos = 16
+  c.eval.future_frames = 2
+  return default.with_loss(c, arg)
