@@ -1,5 +1,6 @@
-"""Metrics on the host: JSON lines, TensorBoard (tensorboardX, no TensorFlow), a
-progress bar, and the NaN/inf stop.
+"""Metrics on the host: JSON lines, TensorBoard (tensorboardX, no TensorFlow), the
+progress report (a bar on a terminal, plain lines in a batch job's log), and the
+NaN/inf stop.
 
 Scalars reach these functions only every `train.log_every` steps (fetching them is a
 device sync), so none of this is on the per-step path.
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -213,33 +215,105 @@ def _in_notebook() -> bool:
   return shell is not None and 'IPKernelApp' in getattr(shell, 'config', {})
 
 
+def _duration(seconds: float) -> str:
+  """`H:MM:SS` (hours unbounded: a long run's time left stays one token)."""
+  m, s = divmod(round(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+def _rate(steps_per_s: float) -> str:
+  # Three significant digits, but no exponent for a fast stage.
+  return f'{steps_per_s:.3g}' if steps_per_s < 100 else f'{steps_per_s:.0f}'
+
+
 class ProgressBar:
-  """tqdm bar with steps/s and the latest losses; silent when not on a terminal.
+  """Training progress: a tqdm bar on a terminal, plain lines in a batch job's log.
+
+  Off a terminal (stderr to a file or a pipe, as on a cluster) a bar would switch
+  itself off and leave the log empty until the run ends, so each `update` (every
+  `train.log_every` steps) writes one flushed line instead:
+
+    ae: step 200/1000  critic_loss=1.386 loss=0.0213 mi_loss=-0.693 ...  14.2 steps/s  0:00:56 left
+
+  Losses are the metrics named `*loss`, except per-channel terms; steps/s counts from
+  the end of the compiled first step (`compiled`), so compiling does not inflate the
+  time left. Both modes print the compile time once.
 
   Example:
     with ProgressBar(total=config.train.ae_steps, initial=start, desc='ae') as bar:
       ...
+      bar.compiled(seconds, step=start + 1)  # After the first step.
+      ...
       bar.update(config.train.log_every, {'loss': 0.02})
+
+  Args:
+    total: the stage's last step.
+    initial: the step the stage starts from (a resumed run's checkpoint).
+    desc: the stage ('ae', 'lstm'), leading each line.
+    disabled: True prints nothing at all.
+    interactive: True draws the bar, False writes plain lines; default: stderr is a
+      terminal, or this is a notebook kernel (no TTY, but tqdm.auto draws a widget).
+    stream: where the bar and the lines go (default `sys.stderr`).
+    clock: monotonic seconds (tests pass a fake one).
   """
 
   def __init__(self, total: int, initial: int = 0, desc: str | None = None,
-               disabled: bool = False):
+               disabled: bool = False, interactive: bool | None = None,
+               stream=None, clock=time.perf_counter):
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    # Not a TTY (CI, files, tests): a bar would only fill logs with carriage returns.
-    # A notebook kernel is no TTY but renders tqdm.auto's widget.
-    interactive = getattr(sys.stderr, 'isatty', lambda: False)() or _in_notebook()
-    disable = disabled or not interactive
-    self.disabled = disable
+    if interactive is None:
+      interactive = getattr(sys.stderr, 'isatty', lambda: False)() or _in_notebook()
+    self.disabled = disabled
+    self.interactive = interactive and not disabled
+    self.total, self.step, self.desc = total, initial, desc
+    self._stream = sys.stderr if stream is None else stream
+    self._clock = clock
+    self._since = (initial, clock())  # (step, time) that steps/s counts from.
     self._bar = tqdm(total=total, initial=initial, desc=desc, unit='step',
-                     dynamic_ncols=True, disable=disable)
+                     dynamic_ncols=True, disable=not self.interactive, file=self._stream)
 
-  def update(self, n: int = 1, metrics: Mapping[str, Any] | None = None) -> None:
+  def _print(self, line: str) -> None:
+    if self.interactive:
+      self._bar.write(line, file=self._stream)  # Above the bar, which is redrawn.
+    else:
+      self._stream.write(line + '\n')
+      self._stream.flush()  # A job's log shows each line now, not at exit.
+
+  def compiled(self, seconds: float, step: int) -> None:
+    """Reports how long the first step took to compile; steps/s counts from `step`.
+
+    Args:
+      seconds: the first step call's wall time (jit compiles within that call, which
+        returns once the step is dispatched).
+      step: the step count after that call (`initial + 1`).
+    """
     if self.disabled:
       return
-    if metrics:
-      self._bar.set_postfix({k: f'{_to_float(v):.4g}' for k, v in metrics.items()},
-                            refresh=False)
-    self._bar.update(n)
+    self._since = (step, self._clock())
+    self._print(f'{self.desc}: first step compiled in {seconds:.1f} s')
+
+  def update(self, n: int = 1, metrics: Mapping[str, Any] | None = None) -> None:
+    """Advances by `n` steps; `metrics` (host scalars) are the latest values."""
+    if self.disabled:
+      return
+    self.step += n
+    if self.interactive:
+      if metrics:
+        self._bar.set_postfix({k: f'{_to_float(v):.4g}' for k, v in metrics.items()},
+                              refresh=False)
+      self._bar.update(n)
+      return
+    parts = [f'{self.desc}: step {self.step}/{self.total}']
+    losses = [f'{k}={_to_float(v):.4g}' for k, v in (metrics or {}).items()
+              if k.endswith('loss')]  # Not `recon_loss_ch0`, `grad_norm`, `epoch`.
+    if losses:
+      parts.append(' '.join(losses))
+    done, elapsed = self.step - self._since[0], self._clock() - self._since[1]
+    if done > 0 and elapsed > 0:  # Unknown at the compiled step itself.
+      rate = done / elapsed
+      parts += [f'{_rate(rate)} steps/s', f'{_duration((self.total - self.step) / rate)} left']
+    self._print('  '.join(parts))
 
   def close(self) -> None:
     self._bar.close()

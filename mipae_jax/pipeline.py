@@ -1,6 +1,6 @@
 """The whole run: autoencoder, then pose LSTM, then evaluation, each resumable.
 
-`train_and_evaluate(config, workdir)` is what `python -m experiments.main` calls; the
+`train_and_evaluate(config, workdir)` is what `mipae-train` calls; the
 stage functions are importable on their own (a notebook can run one stage).
 
 Resumption is exact: a stage's state holds its step; the data for step s is drawn from
@@ -255,8 +255,13 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         profiler.before_step(step)
         batch = (batch_fn.for_step(step) if reader
                  else batch_fn(jax.random.fold_in(data_key, step)))
+        t_call = time.perf_counter()
         state, metrics = step_fn(state, *extra_args, batch, step_key)
         step += 1
+        if step == start + 1:
+          # jit compiles within the first call, which returns once the step is
+          # dispatched: the call's time is the compile time.
+          bar.compiled(time.perf_counter() - t_call, step)
         zero_grads.update(step, metrics)
         profiler.after_step(step, metrics)
         # Read the flag once: a signal landing later in this iteration must not skip
@@ -277,9 +282,10 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           if reader:
             last_metrics['epoch'] = batch_fn.epoch(step - 1)
           metric_logger.write_scalars(step, last_metrics)
+        if at_log:
+          # Only at log steps: off a terminal each update is a line of the job's log.
           bar.update(step - shown, last_metrics)
           shown = step
-        if at_log:
           zero_grads.check(stage, step)
         if at_ckpt:
           reader_state = {DATA_ITERATOR: batch_fn.get_state()} if reader else {}
@@ -316,7 +322,7 @@ def restore_autoencoder(config, workdir: str) -> train.AEState:
     if store.latest_step() is None:
       raise errors.NotARunError(
           f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
-          f'need a trained autoencoder. Run `python -m experiments.main --config=... '
+          f'need a trained autoencoder. Run `mipae-train --config=... '
           f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
     abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
                               jax.random.key(0))
@@ -345,7 +351,7 @@ def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False)
     if reason is not None and not allow_stale:
       raise errors.WorkdirError(
           f'the LSTM of {workdir} (step {step}) is stale: {reason}. Rerun the run\'s '
-          'experiments.main command to retrain it on this autoencoder, or evaluate the '
+          'mipae-train command to retrain it on this autoencoder, or evaluate the '
           'pair anyway with --allow_stale_lstm.')
     if reason is not None:
       log.warning('Evaluating a stale LSTM (allowed): %s.', reason)

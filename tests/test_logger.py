@@ -5,8 +5,11 @@ import io
 import json
 import math
 import os
+import re
 import struct
+import subprocess
 import sys
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +17,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from mipae_jax import logger as logger_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_events(workdir):
@@ -105,27 +110,137 @@ def test_check_finite_names_step_and_terms():
     logger_lib.check_finite(3, {'lstm_loss': math.nan}, 'lstm')
 
 
-def test_progress_bar_is_quiet_off_a_terminal(capsys):
+class FakeClock:
+  """Monotonic seconds that tests set by hand."""
+
+  def __init__(self, t=0.0):
+    self.t = t
+
+  def __call__(self):
+    return self.t
+
+
+class FakeTTY(io.StringIO):
+
+  def isatty(self):
+    return True
+
+
+def test_progress_lines_off_a_terminal():
+  """A batch job's log: the compile time once, then one line per log interval with the
+  stage, step/total, the losses, steps/s (from the compiled step on) and time left."""
+  clock, out = FakeClock(100.0), io.StringIO()
+  metrics = {'loss': jnp.float32(0.5), 'recon_loss_ch0': 0.1, 'mi_loss': -0.25,
+             'grad_norm': 3.0, 'critic_loss': np.float64(1.386294), 'epoch': 0}
+  with logger_lib.ProgressBar(total=30, desc='ae', interactive=False, stream=out,
+                              clock=clock) as bar:
+    assert not bar.interactive
+    clock.t += 12.34  # Compiling: left out of steps/s.
+    bar.compiled(12.34, step=1)
+    compiled_at = clock.t
+    for step in (10, 20, 30):  # log_every=10: the pipeline updates by 10 from step 0.
+      clock.t = compiled_at + (step - 1) * 0.5  # 2 steps/s after the compiled step.
+      bar.update(10, metrics)
+  assert out.getvalue().splitlines() == [
+      'ae: first step compiled in 12.3 s',
+      'ae: step 10/30  loss=0.5 mi_loss=-0.25 critic_loss=1.386  2 steps/s  0:00:10 left',
+      'ae: step 20/30  loss=0.5 mi_loss=-0.25 critic_loss=1.386  2 steps/s  0:00:05 left',
+      'ae: step 30/30  loss=0.5 mi_loss=-0.25 critic_loss=1.386  2 steps/s  0:00:00 left',
+  ]
+
+
+def test_progress_lines_resumed_slow_and_at_the_compiled_step():
+  """At the compiled step itself the rate is unknown and left out; a resumed stage
+  counts from its start; hours are not wrapped into days."""
+  clock, out = FakeClock(), io.StringIO()
+  bar = logger_lib.ProgressBar(total=100_000, initial=5000, desc='lstm', interactive=False,
+                               stream=out, clock=clock)
+  bar.compiled(0.04, step=5001)
+  bar.update(1, {'lstm_loss': 0.000123456})
+  clock.t += 396.0
+  bar.update(99, {'lstm_loss': 2.0})  # 99 steps in 396 s.
+  bar.close()
+  assert out.getvalue().splitlines() == [
+      'lstm: first step compiled in 0.0 s',
+      'lstm: step 5001/100000  lstm_loss=0.0001235',
+      'lstm: step 5100/100000  lstm_loss=2  0.25 steps/s  105:26:40 left',
+  ]
+
+
+def test_progress_goes_to_stderr_off_a_terminal_and_disabled_is_silent(capsys):
   with logger_lib.ProgressBar(total=10, initial=2, desc='ae') as bar:
-    assert bar.disabled  # pytest captures stderr: not a TTY.
+    assert not bar.interactive  # pytest captures stderr: not a TTY.
+    bar.compiled(1.0, step=3)
     bar.update(4, {'loss': jnp.float32(0.5)})
-  with logger_lib.ProgressBar(total=10, disabled=True) as bar:
-    bar.update(1)
   captured = capsys.readouterr()
-  assert captured.out == '' and captured.err == ''
+  assert captured.out == ''
+  lines = captured.err.splitlines()
+  assert lines[0] == 'ae: first step compiled in 1.0 s'
+  assert lines[1].startswith('ae: step 6/10  loss=0.5  ') and lines[1].endswith(' left')
+  assert len(lines) == 2
+  with logger_lib.ProgressBar(total=10, desc='ae', disabled=True) as bar:
+    bar.compiled(1.0, step=1)
+    bar.update(1, {'loss': 0.5})
+  assert capsys.readouterr() == ('', '')
 
 
-def test_progress_bar_shows_rate_and_losses(monkeypatch):
-  class FakeTTY(io.StringIO):
-
-    def isatty(self):
-      return True
-
+def test_progress_bar_on_a_terminal(monkeypatch):
+  """A terminal keeps the tqdm bar (rate and losses in it), with the compile time
+  printed once above it and no plain progress lines."""
   fake = FakeTTY()
   monkeypatch.setattr(sys, 'stderr', fake)
   with logger_lib.ProgressBar(total=10, desc='ae') as bar:
-    assert not bar.disabled
+    assert bar.interactive
+    bar.compiled(2.5, step=1)
     bar.update(5, {'loss': jnp.float32(0.5), 'mi_loss': -0.25})
+    bar.update(5, {'loss': jnp.float32(0.25), 'mi_loss': -0.5})
   out = fake.getvalue()
-  assert 'step/s' in out and 'loss=0.5' in out and 'mi_loss=-0.25' in out
-  assert '5/10' in out
+  # tqdm redraws at most every 0.1 s: the last update is the one sure to show.
+  assert 'step/s' in out and 'loss=0.25' in out and 'mi_loss=-0.5' in out
+  assert '10/10' in out
+  assert out.count('ae: first step compiled in 2.5 s\n') == 1
+  assert 'ae: step' not in out
+  # The mode can be forced either way, whatever stderr is.
+  with logger_lib.ProgressBar(total=10, desc='ae', interactive=False) as bar:
+    assert not bar.interactive
+  fake = FakeTTY()
+  with logger_lib.ProgressBar(total=10, desc='ae', interactive=True, stream=fake) as bar:
+    bar.update(1, {'loss': 0.5})
+  assert '1/10' in fake.getvalue() and 'ae: step' not in fake.getvalue()
+
+
+def test_batch_job_log_has_progress_lines(tmp_path):
+  """`python -m experiments.main ... > log 2>&1`, as a cluster job runs: the log shows
+  each stage's compile time once and a progress line every `log_every` steps, each as
+  soon as it happens (the test reads them while the run goes on, then stops it before
+  the evaluation, which this test does not need)."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.main', '--config=tiny',
+       f'--workdir={tmp_path}/run', '--config.train.ae_steps=4',
+       '--config.train.lstm_steps=2', '--config.train.log_every=2'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  watchdog = threading.Timer(300, proc.kill)  # A hung run fails the test, not the suite.
+  watchdog.start()
+  lines = []
+  try:
+    for line in proc.stdout:
+      lines.append(line.rstrip('\n'))
+      if line.startswith('lstm: step 2/2'):
+        break
+  finally:
+    watchdog.cancel()
+    proc.kill()
+    proc.wait()
+  log = '\n'.join(lines)
+  progress = [x.split('  ')[0] for x in lines if re.match(r'(ae|lstm): step \d', x)]
+  assert progress == ['ae: step 2/4', 'ae: step 4/4', 'lstm: step 2/2'], log
+  line = next(x for x in lines if x.startswith('ae: step 4/4'))
+  _, losses, rate, left = line.split('  ')
+  assert sorted(x.split('=')[0] for x in losses.split()) == [
+      'critic_loss', 'loss', 'mi_loss', 'recon_loss', 'sim_loss'], line
+  assert re.fullmatch(r'\S+ steps/s', rate) and left == '0:00:00 left', line
+  for stage in ('ae', 'lstm'):
+    compiled = [x for x in lines if x.startswith(f'{stage}: first step compiled in ')]
+    assert len(compiled) == 1, log
+    assert re.fullmatch(rf'{stage}: first step compiled in \d+\.\d s', compiled[0])
