@@ -262,8 +262,10 @@ def run(main: Callable, argv: Sequence[str] | None = None, config_flag: str | No
     flags.DEFINE_boolean('verbose', False, 'Show the full traceback of every error '
                          f'(also: {VERBOSE_ENV}=1).')
   argv = ['--help' if a == '-h' else a for a in (sys.argv if argv is None else argv)]
-  if doc and any(a in HELP_FLAGS for a in argv[1:]):
-    print(doc.strip() + '\n')
+  if doc:
+    # absl's --help prints the __main__ module's docstring: an alias module's (python -m
+    # experiments.main) or none (a console script); the tool's own says what it does.
+    sys.modules['__main__'].__doc__ = doc
   started = []
 
   def parse(args):

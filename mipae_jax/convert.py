@@ -4,11 +4,18 @@
   params, batch_stats = from_torch_state_dict(sds, config)
   # params: {'content_encoder', 'pose_encoder', 'decoder', 'critic', 'lstm'} (those given)
   # batch_stats: {'content_encoder', 'pose_encoder', 'decoder'} (BN running statistics)
+  write_run_directory(config, 'runs/published', 'dsprites-400.pth', 'dsprites-lstm.pth')
+  # A run directory mipae-evaluate reads as one mipae-train made (the mipae-convert
+  # command; docs/convert.md).
+
+Loading never runs code from the file (`torch.load(..., weights_only=True)`); a file that
+cannot be loaded that way is refused, and the message never advises loading it otherwise.
 
 The published checkpoint is one dict holding a `state_dict` per network under
 `content_encoder`, `position_encoder`, `decoder`, `discriminator` (autoencoder run) or
-`lstm` (LSTM run), next to optimiser states and counters, which are ignored. Both those
-names and the mipae_jax names (`pose_encoder`, `critic`) are accepted.
+`lstm` (LSTM run), next to optimiser states (ignored) and an iteration counter
+(`global_itr`: the step of a run directory written from it). Both those names and the
+mipae_jax names (`pose_encoder`, `critic`) are accepted.
 
 Layouts: conv weights `[out, in, kh, kw]` -> `[kh, kw, in, out]`; transposed-conv weights
 `[in, out, kh, kw]` -> `[kh, kw, in, out]` (see `mipae_jax.layers`); linear weights
@@ -23,7 +30,10 @@ A published convolution that feeds a BatchNorm has a bias; mipae_jax's has none 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import warnings
 from collections.abc import Mapping
 
 import jax
@@ -31,8 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mipae_jax import errors
+from mipae_jax import config_record, configuration, errors, train
+from mipae_jax.checkpoint import CheckpointStore
 from mipae_jax.models import build_models, dcgan_num_blocks, uses_skips
+from mipae_jax.pipeline import autoencoder_record
 
 # Published checkpoint names -> mipae_jax names.
 ALIASES = {'position_encoder': 'pose_encoder', 'discriminator': 'critic'}
@@ -339,24 +351,98 @@ def from_torch_state_dict(state_dicts: Mapping[str, Mapping], config) -> tuple[d
   return params, stats
 
 
-def load_torch_checkpoint(path: str, config=None) -> dict[str, dict[str, np.ndarray]]:
-  """The network state_dicts of a published checkpoint (`.pth`), as numpy arrays.
+# Top-level entries a published checkpoint may count its training iterations under.
+STEP_KEYS = ('global_itr', 'itr', 'iteration', 'global_step', 'step')
+# Lines of torch's load errors that advise loading with weights_only=False, which would run
+# the file's code: a file from someone else must never be loaded that way, so they are
+# dropped from every message passed on.
+_UNSAFE_ADVICE = re.compile(r'weights[ _]only|trusted source|file an issue|'
+                            r'documentation of torch\.load', re.IGNORECASE)
 
-  Loads with `torch.load(..., weights_only=True)`: only tensors and plain containers are
-  unpickled, so a checkpoint from someone else cannot run code. Entries that are not a
-  network state_dict (optimiser states, `global_itr`) are dropped. A bare state_dict (of
-  one network) is returned as `{'': state_dict}`. With `config`, a top-level dict of the
-  run's flags (`opt`, `args`, `options`, `config`), where the checkpoint has one, is
-  checked against it (`check_published_options`).
-  """
+
+def _import_torch():
   try:
     import torch
   except ImportError as e:
     raise ImportError('load_torch_checkpoint needs PyTorch to read .pth files: '
                       "pip install 'mipae_jax[bench]' (torch==2.13.0) or any torch>=2.0.") from e
-  ckpt = torch.load(path, map_location='cpu', weights_only=True)
+  return torch
+
+
+def _load_failure(error: BaseException) -> str:
+  """`Type: detail` of why torch could not load a file, without its advice to load with
+  weights_only=False (e.g. `UnpicklingError: Trying to load unsupported GLOBAL
+  posix.system whose module posix is blocked.`)."""
+  kept = [line for line in str(error).splitlines() if not _UNSAFE_ADVICE.search(line)]
+  detail = errors.first_line('\n'.join(kept), 160).rstrip('.')
+  if not detail and isinstance(error, EOFError):
+    detail = 'the file ends early (a truncated download?)'
+  return f'{type(error).__name__}: {detail}' if detail else type(error).__name__
+
+
+def read_torch_checkpoint(path: str) -> Mapping:
+  """The unpickled checkpoint (`.pth`) at `path`: a dict of state_dicts, optimiser states
+  and counters.
+
+  Loads with `torch.load(..., weights_only=True)`: only tensors and plain containers are
+  unpickled, so a checkpoint from someone else cannot run code. A file that cannot be
+  loaded that way (random bytes, a pickle of other objects, a truncated download) is
+  refused; the message never advises loading it otherwise.
+
+  Raises:
+    DataNotFoundError: there is no file at `path`.
+    ConversionError: `path` is a directory, an empty file, not loadable with
+      weights_only=True, or holds something other than a dict.
+  """
+  if not os.path.exists(path):
+    raise errors.DataNotFoundError(
+        f'checkpoint {path} not found (looked from {os.getcwd()}): pass the published '
+        '.pth file.')
+  if os.path.isdir(path):
+    raise ConversionError(f'checkpoint {path} is a directory: pass the published .pth file.')
+  if os.path.getsize(path) == 0:
+    raise ConversionError(f'checkpoint {path} is empty (0 bytes), not a PyTorch checkpoint: '
+                          'download it again.')
+  torch = _import_torch()
+  try:
+    with warnings.catch_warnings():
+      # A pickle protocol it does not expect makes torch warn on stderr before it fails.
+      warnings.filterwarnings('ignore', category=UserWarning, module='torch')
+      ckpt = torch.load(path, map_location='cpu', weights_only=True)
+  except OSError as e:
+    raise ConversionError(f'checkpoint {path} cannot be read: {e.strerror or e}.') from None
+  except Exception as e:  # noqa: BLE001 - random bytes raise anything from KeyError up.
+    # `from None`: torch's own message (shown by --verbose) advises weights_only=False.
+    raise ConversionError(
+        f'{path} is not a PyTorch checkpoint this loader can read safely '
+        f'({_load_failure(e)}). Only tensors and plain containers are unpickled, so no code '
+        'in a file runs: pass the published .pth file as downloaded.') from None
   if not isinstance(ckpt, Mapping):
     raise ConversionError(f'{path}: expected a dict checkpoint, found {type(ckpt).__name__}.')
+  return ckpt
+
+
+def published_step(ckpt: Mapping) -> tuple[int, str] | None:
+  """(the training iterations a published checkpoint counts, the key it is under, one of
+  `STEP_KEYS`), or None if it holds no such counter."""
+  for key in STEP_KEYS:
+    value = ckpt.get(key)
+    if value is None or isinstance(value, bool):
+      continue
+    try:
+      step = int(value)  # A Python int or a one-element tensor.
+    except (TypeError, ValueError, RuntimeError):
+      continue
+    if step >= 0:
+      return step, key
+  return None
+
+
+def network_state_dicts(ckpt: Mapping, path: str = '<checkpoint>', config=None
+                        ) -> dict[str, dict[str, np.ndarray]]:
+  """The network state_dicts of an unpickled checkpoint (`read_torch_checkpoint`), as
+  numpy arrays; see `load_torch_checkpoint`."""
+  torch = _import_torch()
 
   def is_state_dict(v):
     return isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
@@ -374,3 +460,168 @@ def load_torch_checkpoint(path: str, config=None) -> dict[str, dict[str, np.ndar
     raise ConversionError(f'{path}: no network state_dict found (top-level keys: '
                           f'{sorted(map(str, ckpt))}).')
   return nets
+
+
+def load_torch_checkpoint(path: str, config=None) -> dict[str, dict[str, np.ndarray]]:
+  """The network state_dicts of a published checkpoint (`.pth`), as numpy arrays.
+
+  Loads safely (`read_torch_checkpoint`: weights_only=True, no code in the file runs).
+  Entries that are not a network state_dict (optimiser states, `global_itr`) are dropped.
+  A bare state_dict (of one network) is returned as `{'': state_dict}`. With `config`, a
+  top-level dict of the run's flags (`opt`, `args`, `options`, `config`), where the
+  checkpoint has one, is checked against it (`check_published_options`).
+
+  Raises:
+    DataNotFoundError: no file at `path`.
+    ConversionError: a file that is not a PyTorch checkpoint loadable with
+      weights_only=True (named, with torch's reason), no network in it, or flags that do
+      not fit `config`.
+  """
+  return network_state_dicts(read_torch_checkpoint(path), path, config)
+
+
+# ------------------------------------------------------------- Run directories.
+
+AE_NETWORKS = ('content_encoder', 'pose_encoder', 'decoder', 'critic')
+
+
+def _new_directory(out: str) -> str:
+  """`out` as an absolute path; WorkdirError unless it is absent or an empty directory."""
+  if not out or not str(out).strip():
+    raise errors.WorkdirError('--out is empty: pass a new directory for the run, e.g. '
+                              '--out=runs/published')
+  path = os.path.abspath(os.path.expanduser(os.fspath(out)))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.WorkdirError(f'{path} is a file: pass a new directory as --out.')
+  if os.path.isdir(path) and os.listdir(path):
+    shown = sorted(os.listdir(path))
+    more = f' (+{len(shown) - 5} more)' if len(shown) > 5 else ''
+    raise errors.WorkdirError(
+        f'{path} is not empty (it holds {", ".join(shown[:5])}{more}): the converted run '
+        'would mix with what is there. Pass a new or empty directory as --out.')
+  return path
+
+
+def _published_networks(path: str, config) -> tuple[dict, tuple[int, str] | None]:
+  """The network state_dicts (mipae_jax names) of the checkpoint at `path` and its
+  (step, counter key) or None."""
+  ckpt = read_torch_checkpoint(path)
+  nets = {ALIASES.get(name, name): sd
+          for name, sd in network_state_dicts(ckpt, path, config).items()}
+  return nets, published_step(ckpt)
+
+
+def _select(nets: dict, wanted: tuple[str, ...], path: str) -> dict:
+  """`nets` restricted to `wanted`; ConversionError naming those missing."""
+  missing = [net for net in wanted if net not in nets]
+  if missing:
+    published = {v: k for k, v in ALIASES.items()}
+    names = lambda ns: ', '.join(published.get(n, n) for n in ns)
+    raise ConversionError(
+        f'{path} holds no {names(missing)} state_dict (it has: '
+        f'{", ".join(sorted(map(repr, nets)))}): pass the published checkpoint of a run '
+        f'that saves {names(wanted)}.')
+  return {net: nets[net] for net in wanted}
+
+
+def _like(new, template):
+  """`new` with each leaf in its `template` leaf's dtype (ValueError if the trees differ)."""
+  return jax.tree.map(lambda n, t: jnp.asarray(n, t.dtype), new, template)
+
+
+def autoencoder_state(config, params: dict, batch_stats: dict, step: int):
+  """A `train.AEState` holding converted weights: fresh optimiser states (Adam moments 0,
+  their step counts 0, as `create_train_state` makes them) with `params` (the four
+  autoencoder networks') and `batch_stats` put in, at `step`."""
+  fresh = train.create_train_state(config, jax.random.key(0))  # Every random value replaced.
+  model = {net: params[net] for net in AE_NETWORKS if net != 'critic'}
+  return fresh.replace(
+      step=jnp.asarray(step, jnp.int32),
+      model=fresh.model.replace(params=_like(model, fresh.model.params)),
+      critic=fresh.critic.replace(params=_like(params['critic'], fresh.critic.params)),
+      batch_stats=_like(batch_stats, fresh.batch_stats))
+
+
+def lstm_state(config, params: dict, step: int):
+  """A `train.LSTMState` holding the converted `params` (its `lstm` network's), with a
+  fresh optimiser state, at `step`."""
+  fresh = train.create_lstm_state(config, jax.random.key(0))
+  return fresh.replace(step=jnp.asarray(step, jnp.int32),
+                       lstm=fresh.lstm.replace(params=_like(params, fresh.lstm.params)))
+
+
+def _save(workdir: str, stage: str, step: int, state, config, metadata: dict) -> None:
+  store = CheckpointStore(workdir, stage, keep=config.train.keep_checkpoints)
+  try:
+    store.save(step, state, metadata={'metrics': {}, **metadata})
+  finally:
+    store.close()
+
+
+def write_run_directory(config, out: str, checkpoint: str,
+                        lstm_checkpoint: str | None = None) -> dict:
+  """Converts published checkpoints into a new run directory that `mipae-evaluate`
+  (`evaluate.evaluate_workdir`) and `mipae-train` read as one they trained.
+
+  `out` receives the config record (`config.json`), the autoencoder checkpoint
+  (`checkpoints/ae/<step>`, see `autoencoder_state`) and, with an LSTM, its checkpoint
+  (`checkpoints/lstm/<step>`) recording that it was trained on this autoencoder. A stage's
+  step is the iteration counter of its published file (`global_itr`, or another of
+  `STEP_KEYS`) where it has one, else `config.train.ae_steps` (`lstm_steps`): a run at the
+  end of its training. Everything is written to a temporary sibling of `out`, renamed to
+  `out` once complete, so a failed conversion leaves no half run directory.
+
+  Args:
+    config: the config the weights were trained with (`config.model`, `config.data`).
+    out: the run directory to create: absent or an empty directory.
+    checkpoint: the published autoencoder `.pth` (content_encoder, position_encoder,
+      decoder, discriminator); an `lstm` in it is converted too unless `lstm_checkpoint`.
+    lstm_checkpoint: the published pose-LSTM `.pth` (its own run's file), or None.
+  Returns:
+    `{'out': absolute path, 'ae': {'file', 'step', 'step_from'}, 'lstm': the same or
+    None}`; `step_from` is the counter's key or the config field the step came from.
+  Raises:
+    WorkdirError: `out` is a file or a non-empty directory.
+    DataNotFoundError: a checkpoint file does not exist.
+    ConversionError: a file is not a checkpoint this loader reads safely, lacks a network,
+      or its weights do not fit `config` (names and shapes).
+    ConfigError: `config` itself is invalid.
+  """
+  configuration.validate(config, num_devices=1)  # As mipae-evaluate will.
+  out = _new_directory(out)
+  nets, counted = _published_networks(checkpoint, config)
+  params, stats = from_torch_state_dict(_select(nets, AE_NETWORKS, checkpoint), config)
+  ae = _stage_record(checkpoint, counted, 'train.ae_steps', config.train.ae_steps)
+  ae_state = autoencoder_state(config, params, stats, ae['step'])
+  lstm = lstm_converted = None
+  if lstm_checkpoint is not None:
+    nets, counted = _published_networks(lstm_checkpoint, config)
+  if lstm_checkpoint is not None or 'lstm' in nets:
+    source = lstm_checkpoint or checkpoint
+    lstm = _stage_record(source, counted, 'train.lstm_steps', config.train.lstm_steps)
+    params = from_torch_state_dict(_select(nets, ('lstm',), source), config)[0]['lstm']
+    lstm_converted = lstm_state(config, params, lstm['step'])
+  tmp = os.path.join(os.path.dirname(out), f'.{os.path.basename(out)}.converting-{os.getpid()}')
+  try:
+    config_record.record_config(tmp, config)
+    _save(tmp, 'ae', ae['step'], ae_state, config, {'converted_from': ae['file']})
+    if lstm is not None:
+      _save(tmp, 'lstm', lstm['step'], lstm_converted, config,
+            {'converted_from': lstm['file'], 'trained_on': autoencoder_record(ae_state)})
+    os.replace(tmp, out)  # Replaces an empty directory too (POSIX rename).
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise errors.WorkdirError(f'{out} cannot be written: {e.strerror or e}. Pass an --out '
+                              'in a writable place with free space.') from e
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {'out': out, 'ae': ae, 'lstm': lstm}
+
+
+def _stage_record(path: str, counted, field: str, default: int) -> dict:
+  """{'file', 'step', 'step_from'}: the published counter where there is one, else
+  `config.<field>` (the end of a run's training)."""
+  if counted is None:
+    return {'file': os.path.abspath(path), 'step': int(default), 'step_from': f'config.{field}'}
+  return {'file': os.path.abspath(path), 'step': counted[0], 'step_from': counted[1]}

@@ -19,7 +19,7 @@ torch = pytest.importorskip(
 
 from benchmarks import torch_reference as ref  # noqa: E402
 from experiments.configs import default  # noqa: E402
-from mipae_jax import convert, models  # noqa: E402
+from mipae_jax import convert, errors, models  # noqa: E402
 
 TOL = 1e-4
 B = 4
@@ -264,3 +264,79 @@ def test_published_flags_and_lstm_variants_are_named(tmp_path):
   with pytest.raises(convert.ConversionError, match=r'predicts 16 values per step, not the 5 '
                                                     r'of a pose .*--content_lstm'):
     convert.from_torch_state_dict({'lstm': content}, config)
+
+
+# ------------------------------------------------- Files the loader must refuse safely.
+
+
+class _RunsAShellCommand:
+  """Unpickling this calls `os.system(command)`: what a malicious .pth does."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return os.system, (self.command,)
+
+
+def write_unloadable(kind: str, path: str, marker: str) -> None:
+  """A file at `path` that must not load: `pickle*` ones would create `marker` if their
+  code ran."""
+  evil = {'content_encoder': _RunsAShellCommand(f'echo ran > {marker}')}
+  if kind == 'random':
+    data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    with open(path, 'wb') as f:
+      f.write(data)
+  elif kind == 'text':
+    with open(path, 'w') as f:
+      f.write('not a checkpoint\n')
+  elif kind == 'empty':
+    open(path, 'wb').close()
+  elif kind == 'pickle_zip':  # torch.save's format, as a real .pth.
+    torch.save(evil, path)
+  elif kind == 'pickle_raw':  # A plain pickle, torch's legacy format.
+    import pickle
+    with open(path, 'wb') as f:
+      pickle.dump(evil, f)
+  else:
+    raise ValueError(kind)
+
+
+UNLOADABLE = ('random', 'text', 'empty', 'pickle_zip', 'pickle_raw')
+
+
+@pytest.mark.parametrize('kind', UNLOADABLE)
+def test_unloadable_files_are_refused_naming_them_without_unsafe_advice(tmp_path, kind):
+  """torch's own message advises weights_only=False, which would run the file's code: the
+  refusal names the file and keeps only torch's reason; a pickle's code never runs."""
+  path, marker = str(tmp_path / f'{kind}.pth'), str(tmp_path / 'ran')
+  write_unloadable(kind, path, marker)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.load_torch_checkpoint(path)
+  message = str(e.value)
+  assert path in message and '\n' not in message
+  assert 'weights_only=False' not in message and 'weights_only' not in message
+  # torch's own error, with its advice, is not chained on (a traceback would show it).
+  assert e.value.__cause__ is None
+  assert e.value.__context__ is None or e.value.__suppress_context__
+  if kind == 'empty':
+    assert 'is empty (0 bytes)' in message
+  else:
+    assert 'is not a PyTorch checkpoint this loader can read safely (' in message
+  if kind == 'pickle_zip':
+    assert 'posix.system' in message  # torch's reason: the blocked global.
+  assert not os.path.exists(marker)
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+  path = str(tmp_path / 'nope.pth')
+  with pytest.raises(errors.DataNotFoundError, match=rf'checkpoint {path} not found'):
+    convert.load_torch_checkpoint(path)
+  with pytest.raises(convert.ConversionError, match=rf'checkpoint {tmp_path} is a directory'):
+    convert.load_torch_checkpoint(str(tmp_path))
+
+
+def test_the_published_iteration_counter_is_read():
+  assert convert.published_step({'global_itr': 400}) == (400, 'global_itr')
+  assert convert.published_step({'itr': torch.tensor(12)}) == (12, 'itr')
+  assert convert.published_step({'lstm': {}, 'epoch': 3}) is None
