@@ -10,6 +10,7 @@ only and never change how the rest of a user's program compiles.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -27,4 +28,20 @@ def options(backend: str | None = None) -> dict[str, Any] | None:
 def jit(fun, **kwargs):
   """`jax.jit(fun, **kwargs)` with this project's compiler options for the default backend."""
   return jax.jit(fun, compiler_options=options(), **kwargs)
+
+
+# Programs that run once (parameter initialisation): LLVM's level 1 instead of XLA's
+# default 2. Initialisation is ~20 threefry expansions (~370 fusions): level 2 spends
+# 4x longer compiling them, for a program that then runs for milliseconds. The values
+# are bit-identical at both levels (tests/test_train.py checks it), so a run's initial
+# parameters do not depend on this choice. `benchmarks/first_step.py` measures it.
+ONCE_OPTIONS = {'xla_backend_optimization_level': 1}
+
+
+def jit_once(fun, **kwargs):
+  """`jax.jit` for a program run once per process, compiled for compile time (CPU; a
+  level set in XLA_FLAGS is left to rule)."""
+  chosen = 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')
+  opts = ONCE_OPTIONS if jax.default_backend() == 'cpu' and not chosen else None
+  return jax.jit(fun, compiler_options=opts, **kwargs)
 

@@ -22,7 +22,7 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from mipae_jax import losses, models, predict
+from mipae_jax import compiler, losses, models, predict
 from mipae_jax.models import AE_PARTS  # noqa: F401  (train.AE_PARTS, as before)
 
 
@@ -83,8 +83,8 @@ def init_autoencoder_variables(config, key) -> tuple[dict, dict, dict]:
 
 def create_train_state(config, key) -> AEState:
   """Fresh autoencoder-stage state for `config` (see `mipae_jax.configs`)."""
-  # One compiled program: initialising op by op is many times slower on CPU.
-  params, stats, critic_params = jax.jit(
+  # One compiled program (op by op is many times slower on CPU), compiled for compile time.
+  params, stats, critic_params = compiler.jit_once(
       functools.partial(init_autoencoder_variables, config))(key)
   return AEState(
       step=jnp.zeros((), jnp.int32),
@@ -97,7 +97,7 @@ def create_lstm_state(config, key) -> LSTMState:
   """Fresh pose-LSTM state; its input is concat(pose, content)."""
   lstm = models.networks(config).lstm
   x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
-  params = jax.jit(lstm.init)(key, lstm.initial_carry(1), x)['params']
+  params = compiler.jit_once(lstm.init)(key, lstm.initial_carry(1), x)['params']
   return LSTMState(step=jnp.zeros((), jnp.int32),
                    lstm=new_train_state(params, adam(config.lstm_optim)))
 

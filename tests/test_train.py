@@ -295,3 +295,20 @@ def test_lstm_on_cached_codes_equals_the_lstm_on_the_videos(config, state):
   assert tree_max_diff(a.lstm.params, b.lstm.params) < 1e-6
   assert tree_max_diff(a.lstm.params, train.create_lstm_state(
       config, jax.random.key(1)).lstm.params) > 1e-4  # It did train.
+
+
+def test_initialisation_is_bit_identical_at_the_compile_levels(config):
+  """`create_train_state` compiles its one-off program at LLVM level 1 to save compile
+  time (compiler.ONCE_OPTIONS); the initial parameters must be those of level 2 to the
+  bit, or a run's start would depend on that choice."""
+  from mipae_jax import compiler
+
+  init = jax.jit(functools.partial(train.init_autoencoder_variables, config))
+  lowered = init.lower(jax.random.key(7))
+  fast = lowered.compile(compiler_options=compiler.ONCE_OPTIONS)(jax.random.key(7))
+  full = lowered.compile(compiler_options={'xla_backend_optimization_level': 2})(
+      jax.random.key(7))
+  leaves = jax.tree.leaves(full)
+  assert len(leaves) > 20
+  for a, b in zip(leaves, jax.tree.leaves(fast), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
