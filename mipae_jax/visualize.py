@@ -14,6 +14,7 @@ matplotlib.use('Agg')  # headless: evaluation runs on machines without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 # Pixels between frames / rows, and the grey that fills gaps and blank cells.
@@ -127,6 +128,8 @@ def plot_per_step(curves: Mapping[str, tuple], path: str, ylabel: str,
     t = np.arange(first_step, first_step + len(mean))
     ax.plot(t, mean, marker='o', markersize=3, label=name)
     ax.fill_between(t, mean - ci, mean + ci, alpha=0.25)
+  # Steps are whole frames: without this a few steps get ticks like 1.5 and 2.5.
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:

@@ -34,6 +34,50 @@ def _describe(source, factors, i: int) -> str:
           f'{pose}')
 
 
+_MARGIN = 2  # Pixels around the text under each row of frames.
+_MIN_WIDTH = 640  # A filmstrip of few, small frames still gets readable lines of text.
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int) -> list[str]:
+  """`text` broken at spaces into lines no wider than `width` pixels as `draw` measures
+  them (a single word wider than that stays whole, on a line of its own)."""
+  lines, line = [], ''
+  for word in text.split(' '):
+    candidate = f'{line} {word}' if line else word
+    if line and draw.textbbox((0, 0), candidate)[2] > width:
+      lines.append(line)
+      line = '  ' + word  # Continuation lines indented, as the pose line is under a video.
+    else:
+      line = candidate
+  return lines + [line]
+
+
+def filmstrip(videos: np.ndarray, lines: list[str], gap: int = 2) -> Image.Image:
+  """A row of frames per video `[N, T, H, W, 3]` uint8, its text `lines[i]` (lines split
+  at newlines) under it, wrapped to the strip's width; every text block gets the height
+  it measures, and the strip widens for a word wider than it."""
+  n, t, h, w, _ = videos.shape
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  width = max(t * (w + gap), _MIN_WIDTH)
+  blocks = ['\n'.join(row for part in text.split('\n')
+                      for row in _wrap(measure, part.strip(), width - 2 * _MARGIN))
+            for text in lines]
+  # (left, top, right, bottom) of each block drawn at (0, 0): the font's own extent, not a
+  # guess of its line height, which the font Pillow loads by default does not match.
+  boxes = [measure.multiline_textbbox((0, 0), b) for b in blocks]
+  width = max([width] + [box[2] + 2 * _MARGIN for box in boxes])
+  heights = [h + box[3] + 2 * _MARGIN for box in boxes]
+  strip = Image.new('RGB', (width, sum(heights) + gap * (n - 1)), (255, 255, 255))
+  draw = ImageDraw.Draw(strip)
+  y0 = 0
+  for i in range(n):
+    for f in range(t):
+      strip.paste(Image.fromarray(videos[i, f]), (f * (w + gap), y0))
+    draw.multiline_text((_MARGIN, y0 + h + _MARGIN), blocks[i], fill=(0, 0, 0))
+    y0 += heights[i] + gap
+  return strip
+
+
 def write_preview(source, out_dir: str, num_videos: int = 4, seed: int = 0,
                   split: str = 'test', scale: int = 2) -> tuple[str, str]:
   """Writes `preview.gif` (videos side by side) and `filmstrip.png` (a row per video, factor
@@ -58,16 +102,7 @@ def write_preview(source, out_dir: str, num_videos: int = 4, seed: int = 0,
   gif = os.path.join(out_dir, 'preview.gif')
   gif_frames[0].save(gif, save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
 
-  text_h = 12 * 2 + 4  # Two lines of PIL's default font per video.
-  strip = Image.new('RGB', (max(t * (w + gap), 640), n * (h + text_h + gap)), (255, 255, 255))
-  draw = ImageDraw.Draw(strip)
-  for i in range(n):
-    y0 = i * (h + text_h + gap)
-    for f in range(t):
-      strip.paste(Image.fromarray(videos[i, f]), (f * (w + gap), y0))
-    content, pose = lines[i].split('\n')
-    draw.text((2, y0 + h + 1), content, fill=(0, 0, 0))
-    draw.text((2, y0 + h + 13), pose.strip()[:200], fill=(0, 0, 0))
+  strip = filmstrip(videos, lines, gap)
   png = os.path.join(out_dir, 'filmstrip.png')
   strip.save(png)
   return gif, png

@@ -92,8 +92,23 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # needed): the builder's file path is all it wants.
     return epath.Path(inspect.getfile(cls))
 
+  # What the videos are made from, for the line a build prints.
+  MADE_FROM = 'rendered'
+
   def _source(self, manual_dir, metadata_only=False) -> common.VideoSource:
     raise NotImplementedError
+
+  # TFDS prints 'Downloading and preparing dataset ...' (with a download size of 0) when a
+  # build starts and 'Dataset ... downloaded and prepared' when it ends, to stdout and not
+  # through logging. Nothing is downloaded here, so a build says in one line what it makes
+  # and where; `mipae-prepare` prints where it ended.
+  def _log_download_bytes(self):
+    c = self.builder_config
+    print(f'Building {self.name}/{c.name}: {c.num_train} train and {c.num_test} test videos '
+          f'of {c.num_frames} frames, {self.MADE_FROM}, in {self.data_dir}', flush=True)
+
+  def _log_download_done(self):
+    pass
 
   def _info(self):
     src = self._source(None, metadata_only=True)
@@ -163,6 +178,7 @@ class MipaeMovingMnist(_VideoBuilder):
   """Moving MNIST (DRNET style) from the MNIST files in the manual dir."""
 
   name = 'mipae_moving_mnist'
+  MADE_FROM = 'from your MNIST files'
   MANUAL_DOWNLOAD_INSTRUCTIONS = ('Put the four MNIST IDX .gz files or mnist.npz in the manual '
                                   f'dir. {moving_mnist.HOW_TO_GET}')
   BUILDER_CONFIGS = [dataclasses.replace(c, channels=1 if c.name == 'default' else c.channels)
@@ -191,6 +207,7 @@ class MipaeMpi3d(_VideoBuilder):
   """MPI3D videos: fixed content, the two arm axes bounce. Needs mpi3d_real.npz."""
 
   name = 'mipae_mpi3d'
+  MADE_FROM = 'from your MPI3D array'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put mpi3d_real.npz in the manual dir. {mpi3d.HOW_TO_GET}'
   BUILDER_CONFIGS = [dataclasses.replace(c, channels=3) for c in _configs()
                      if c.name != 'gray']
