@@ -458,10 +458,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
       held.enter_context(workdir_lib.RunLock(workdir))
       if os.path.exists(os.path.join(workdir, config_record.CONFIG_FILE)):
         config_record.check_config(workdir, config)
+        check_steps_not_lowered(workdir, config)
       config_record.record_config(workdir, config)
       if config.data.pipeline == 'tfds':
         check_dataset_record(workdir, config)
     return _train_and_evaluate(config, workdir)
+
+
+def check_steps_not_lowered(workdir: str, config) -> None:
+  """Refuses (ConfigError) a step count below the step a stage's checkpoint has reached:
+  the run would evaluate the longer-trained networks under a record saying fewer steps."""
+  for stage, field, name in (('ae', 'ae_steps', 'autoencoder'), ('lstm', 'lstm_steps', 'LSTM')):
+    store = checkpoint.CheckpointStore(workdir, stage, enabled=False)
+    try:
+      reached = store.latest_step()
+    finally:
+      store.close()
+    requested = config.train[field]
+    if reached is not None and requested < reached:
+      raise errors.ConfigError(
+          f'config.train.{field}={requested} is below step {reached}, which this run\'s '
+          f'{name} has reached ({store.directory}): a run cannot be shortened. Pass '
+          f'--config.train.{field}={reached} (or more) to resume or re-evaluate it, or use '
+          'a new --workdir for a shorter run.')
 
 
 DATASET_FILE = 'dataset.json'

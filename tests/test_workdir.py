@@ -212,3 +212,23 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
   reference = pipeline.train_lstm(config, straight)
   assert leaves_equal(new.state, reference.state)
   assert pipeline.restore_lstm(config, run, ae.state) is not None  # Now a matching pair.
+
+
+def test_a_resume_with_fewer_steps_than_reached_is_refused_and_the_record_kept(tmp_path):
+  """Issue: rerunning a finished run with ae_steps=1 evaluated the step-2 networks and
+  rewrote config.json to say 1. It is refused, naming the reached step, and the record
+  still says what was trained."""
+  config = tiny.get_config()
+  run = str(tmp_path / 'run')
+  os.makedirs(run)
+  config_record.record_config(run, config)
+  pipeline.train_autoencoder(config, run)
+  before = open(os.path.join(run, 'config.json')).read()
+  shorter = tiny.get_config()
+  shorter.train.ae_steps = 1
+  with pytest.raises(errors.ConfigError,
+                     match=r'config\.train\.ae_steps=1 is below step 2, which this run\'s '
+                           r'autoencoder has reached .*--config\.train\.ae_steps=2'):
+    pipeline.train_and_evaluate(shorter, run)
+  assert open(os.path.join(run, 'config.json')).read() == before
+  assert not os.path.exists(os.path.join(run, 'eval'))
