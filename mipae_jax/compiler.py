@@ -43,5 +43,13 @@ def jit_once(fun, **kwargs):
   level set in XLA_FLAGS is left to rule)."""
   chosen = 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')
   opts = ONCE_OPTIONS if jax.default_backend() == 'cpu' and not chosen else None
-  return jax.jit(fun, compiler_options=opts, **kwargs)
+  fast, plain = jax.jit(fun, compiler_options=opts, **kwargs), jax.jit(fun, **kwargs)
+
+  def call(*args, **kw):
+    # Inside another trace (`jax.eval_shape(create_train_state, ...)` when restoring) a
+    # jit is nested, and JAX refuses compiler options there: nothing compiles anyway.
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw)))
+    return (plain if traced else fast)(*args, **kw)
+
+  return call
 

@@ -2,8 +2,15 @@
 
 import atexit
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Optimisation level 0: tests run tiny programs, where XLA's compile time dominates.
 os.environ.setdefault(
@@ -20,3 +27,33 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+def _run(cmd, **kwargs) -> str:
+  result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **kwargs)
+  assert result.returncode == 0, f'{" ".join(cmd)} failed:\n{result.stdout[-4000:]}'
+  return result.stdout
+
+
+@pytest.fixture(scope='session')
+def wheel_site(tmp_path_factory) -> pathlib.Path:
+  """The checkout built into a wheel and installed without dependencies into a directory
+  of its own: a test runs a user's code against that (non-editable) install by putting
+  the directory on PYTHONPATH (the dependencies come from this environment); returns it."""
+  root = tmp_path_factory.mktemp('wheel')
+  # setuptools builds in the source tree (build/, *.egg-info) unless told otherwise; build
+  # outside it, so that files left there by an earlier build never reach the wheel and
+  # the other users of the working tree see no change.
+  extra = root / 'setuptools.cfg'
+  extra.write_text(f'[build]\nbuild_base = {root / "build"}\n[egg_info]\negg_base = {root}\n')
+  env = {**os.environ, 'DIST_EXTRA_CONFIG': str(extra), 'PIP_DISABLE_PIP_VERSION_CHECK': '1'}
+  _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
+        '-w', str(root / 'dist'), ROOT], env=env)
+  wheels = sorted((root / 'dist').glob('mipae_jax-*.whl'))
+  assert len(wheels) == 1, wheels
+  site = root / 'site'
+  _run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '-q',
+        '--target', str(site), str(wheels[0])], env=env)
+  assert (site / 'mipae_jax' / 'configs' / 'demo.py').is_file()
+  return site

@@ -94,35 +94,6 @@ def _outputs(nb):
   return [out for c in nb.cells if c.cell_type == 'code' for out in c.get('outputs', [])]
 
 
-def _run(cmd, **kwargs) -> str:
-  result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          **kwargs)
-  assert result.returncode == 0, f'{" ".join(cmd)} failed:\n{result.stdout[-4000:]}'
-  return result.stdout
-
-
-@pytest.fixture(scope='module')
-def wheel_site(tmp_path_factory) -> pathlib.Path:
-  """The checkout built into a wheel and installed without dependencies into a directory
-  of its own, which the kernel gets as PYTHONPATH; returns that directory."""
-  root = tmp_path_factory.mktemp('wheel')
-  # setuptools builds in the source tree (build/, *.egg-info) unless told otherwise; build
-  # outside it, so that files left there by an earlier build never reach the wheel and
-  # the other users of the working tree see no change.
-  extra = root / 'setuptools.cfg'
-  extra.write_text(f'[build]\nbuild_base = {root / "build"}\n[egg_info]\negg_base = {root}\n')
-  env = {**os.environ, 'DIST_EXTRA_CONFIG': str(extra), 'PIP_DISABLE_PIP_VERSION_CHECK': '1'}
-  _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
-        '-w', str(root / 'dist'), REPO_ROOT], env=env)
-  wheels = sorted((root / 'dist').glob('mipae_jax-*.whl'))
-  assert len(wheels) == 1, wheels
-  site = root / 'site'
-  _run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '-q',
-        '--target', str(site), str(wheels[0])], env=env)
-  assert (site / 'mipae_jax' / 'configs' / 'demo.py').is_file()
-  return site
-
-
 def test_notebook_is_valid_and_cleared():
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbformat.validate(nb)

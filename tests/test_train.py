@@ -312,3 +312,15 @@ def test_initialisation_is_bit_identical_at_the_compile_levels(config):
   assert len(leaves) > 20
   for a, b in zip(leaves, jax.tree.leaves(fast), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_initialisation_traces_inside_another_trace(config, monkeypatch):
+  """Readers take the state's shapes by `jax.eval_shape(create_train_state)`, which nests
+  the initialisation's jit: it must not carry compiler options there (JAX refuses them),
+  whatever XLA_FLAGS say (the suite sets a level, which turns the options off)."""
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+  shapes = jax.eval_shape(functools.partial(train.create_train_state, config),
+                          jax.random.key(0))
+  assert shapes.model.params['decoder']
+  lstm = jax.eval_shape(functools.partial(train.create_lstm_state, config), jax.random.key(0))
+  assert lstm.lstm.params
