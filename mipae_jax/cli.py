@@ -228,6 +228,27 @@ def _closed_loop(value) -> bool:
   return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
 
 
+def fresh_flags(*names: str):
+  """absl's FLAGS with `names` (and any `--config.FIELD` flags) undefined, so a tool can
+  define its flags anew on every `main()` call: absl keeps a parsed flag's value across
+  parses, and two tools in one process (tests, a notebook) define the same names."""
+  from absl import flags
+
+  for name in list(flags.FLAGS):
+    if name in names or name.startswith('config.'):
+      delattr(flags.FLAGS, name)
+  return flags.FLAGS
+
+
+def define_config_flag(help_text: str, argv: Sequence[str] | None) -> None:
+  """`--config` (a packaged name or a file, with `--config.FIELD=VALUE` overrides) read
+  from `argv` (default `sys.argv`): ml_collections finds the overrides to define there."""
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file('config', None, help_text, lock_config=True,
+                                  sys_argv=None if argv is None else list(argv))
+
+
 class UsageError(errors.UserError, ValueError):
   """The command line itself is wrong: an unknown or missing flag, a stray argument."""
 

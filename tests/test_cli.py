@@ -190,3 +190,61 @@ def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
   assert any(x.startswith('CheckpointError: saving checkpoint step 1') and
              '(OS error 27: File too large)' in x for x in lines)
   assert any(x.startswith('To fix: free disk space') for x in lines)
+
+
+# ------------------------------------------------------- The installed tools, in-process.
+
+TOOLS = {
+    'mipae-train': ('mipae_jax.commands.train', '--workdir'),
+    'mipae-evaluate': ('mipae_jax.commands.evaluate', '--workdir'),
+    'mipae-study': ('mipae_jax.commands.study', '--workdir'),
+    'mipae-convert': ('mipae_jax.commands.convert', '--checkpoint'),
+    'mipae-prepare': ('mipae_jax.data.prepare', '--data_dir'),
+    'mipae-preview': ('mipae_jax.data.preview', '--dataset'),
+}
+
+
+def _tool_main(tool):
+  import configparser
+  import importlib
+
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(ROOT, 'setup.cfg'))
+  scripts = dict(line.split(' = ') for line in
+                 parser['options.entry_points']['console_scripts'].strip().splitlines())
+  module, function = scripts[tool].split(':')
+  assert module == TOOLS[tool][0]
+  return getattr(importlib.import_module(module), function)
+
+
+def _exit_status(main, argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    status = main(argv)
+    if status is not None:  # A tool that returns its status (the console script exits).
+      raise SystemExit(status)
+  return e.value.code, capsys.readouterr()
+
+
+@pytest.mark.parametrize('tool', sorted(TOOLS))
+def test_every_tool_exits_0_for_help_and_2_for_a_missing_flag_in_one_line(tool, capsys):
+  main = _tool_main(tool)
+  code, out = _exit_status(main, [tool, '--help'] if 'preview' not in tool and 'study'
+                           not in tool else ['--help'], capsys)
+  assert code == 0
+  assert tool in out.out
+  argv = [tool] if 'preview' not in tool and 'study' not in tool else []
+  code, out = _exit_status(main, argv, capsys)
+  assert code == 2
+  lines = [x for x in out.err.splitlines() if x.strip()]
+  assert len(lines) == 1 and TOOLS[tool][1] in lines[0], out.err
+
+
+def test_a_path_with_an_unquoted_space_is_refused_naming_the_stray_parts(tmp_path, capsys):
+  """Issue: `--workdir=../wd/my runs/x` trained into `../wd/my` and dropped `runs/x`."""
+  from mipae_jax.commands import train
+  code, out = _exit_status(
+      train.main, ['mipae-train', '--config=tiny', f'--workdir={tmp_path}/my', 'runs/x'],
+      capsys)
+  assert code == 2
+  assert "unexpected argument(s) ['runs/x']" in out.err and 'quoted' in out.err
+  assert not os.path.exists(tmp_path / 'my')

@@ -249,7 +249,7 @@ def test_global_reductions_do_not_depend_on_device_split():
 def test_drnet_bce_exact_where_the_published_sigmoid_bce_saturates():
   """DRNET's critic BCE is softplus here, exact at any score. The published sigmoid-then-
   BCE (log clamped at -100) agrees below |T| ~ 15 and jumps to 100 with zero gradient
-  once a marginal score passes ~17 (sigmoid rounds to 1 in float32); the README says so."""
+  once a marginal score passes ~17 (sigmoid rounds to 1 in float32); docs/fixes.md says so."""
   torch = pytest.importorskip('torch')
   for t in (5.0, 17.0, 20.0, 50.0):
     t_marg = jnp.full((4,), t, jnp.float32)

@@ -4,7 +4,7 @@
   restart resumes from the last confirmed checkpoint (never a partial one, never more
   than one checkpoint interval back) and the run ends bit-identical to one never killed.
 * SIGTERM / SIGINT: a checkpoint at the current step, a message, exit 128 + signal.
-* Bad inputs not covered elsewhere (see the README section "What happens if...").
+* Bad inputs not covered elsewhere (see docs/reliability.md).
 
 CI runs 3 SIGKILLs; `MIPAE_FULL_RELIABILITY=1` runs 12 (over a 40-step run).
 `MIPAE_KILL_SEED=N` changes the random kill times (the seed is printed on failure).

@@ -25,26 +25,19 @@ _FLAG_NAMES = ('config', 'checkpoint', 'lstm_checkpoint', 'out')
 
 
 def _define_flags(argv):
-  """The flags, defined afresh on every call: absl keeps a parsed flag (and the
-  `--config.FIELD` flags its parse defined) with its value across parses, so a second
-  `main()` in one process (tests) would otherwise inherit the first one's values."""
+  """The flags, defined afresh on every call (`cli.fresh_flags`)."""
   from absl import flags
-  from ml_collections import config_flags
 
-  for name in list(flags.FLAGS):
-    if name in _FLAG_NAMES or name.startswith('config.'):
-      delattr(flags.FLAGS, name)
-  config_flags.DEFINE_config_file(
-      'config', None, 'The config the weights were trained with: a packaged one by name '
-      '(dsprites, mnist, mpi3d, ...: see mipae_jax.configs) or a config file path, with '
-      '--config.FIELD=VALUE overrides.', lock_config=True,
-      # The overrides to define are read from this command line, not from sys.argv.
-      sys_argv=None if argv is None else list(argv))
+  fresh = cli.fresh_flags(*_FLAG_NAMES)
+  cli.define_config_flag(
+      'The config the weights were trained with: a packaged one by name (dsprites, mnist, '
+      'mpi3d, ...: see mipae_jax.configs) or a config file path, with --config.FIELD=VALUE '
+      'overrides.', argv)
   flags.DEFINE_string('checkpoint', None, 'The published autoencoder checkpoint (.pth).')
   flags.DEFINE_string('lstm_checkpoint', None, 'The published pose-LSTM checkpoint (.pth), '
                       'optional.')
   flags.DEFINE_string('out', None, 'The run directory to write (new, or empty).')
-  return flags.FLAGS
+  return fresh
 
 
 def summary(written: dict) -> str:

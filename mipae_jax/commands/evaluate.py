@@ -18,12 +18,13 @@ from mipae_jax import cli
 def _define_flags():
   from absl import flags
 
+  fresh = cli.fresh_flags('workdir', 'override', 'allow_stale_lstm')
   flags.DEFINE_string('workdir', None, 'A run directory made by mipae-train.')
   flags.DEFINE_multi_string('override', [], 'eval.* overrides, e.g. eval.mig_samples=20000 '
                             '(the same as --config.eval.mig_samples=20000).')
   flags.DEFINE_boolean('allow_stale_lstm', False, 'Evaluate an LSTM trained on an older '
                        'autoencoder than the workdir\'s (refused otherwise).')
-  return flags.FLAGS
+  return fresh
 
 
 def main(argv=None):

@@ -19,19 +19,18 @@ import sys
 from mipae_jax import cli
 
 
-def _define_flags():
+def _define_flags(argv):
   from absl import flags
-  from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file(
-      'config', None, 'A packaged config by name (demo, tiny, dsprites:drnet, ...: see '
-      'mipae_jax.configs) or a config file path, with --config.FIELD=VALUE overrides.',
-      lock_config=True)
+  fresh = cli.fresh_flags('config', 'workdir', 'coordinator', 'num_processes', 'process_id')
+  cli.define_config_flag(
+      'A packaged config by name (demo, tiny, dsprites:drnet, ...: see mipae_jax.configs) '
+      'or a config file path, with --config.FIELD=VALUE overrides.', argv)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
   flags.DEFINE_string('coordinator', None, 'Multi-host: address HOST:PORT of process 0.')
   flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
   flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
-  return flags.FLAGS
+  return fresh
 
 
 def _main(flags_):
@@ -52,7 +51,7 @@ def _main(flags_):
 
 
 def main(argv=None):
-  flags_ = _define_flags()
+  flags_ = _define_flags(argv)
   cli.run(lambda _: _main(flags_), argv, required=('config', 'workdir'), doc=__doc__)
 
 

@@ -16,15 +16,22 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+_FLAG_NAMES = ('config', 'data_dir', 'train_videos', 'test_videos')
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run config the dataset is for.',
-                                lock_config=True)
-flags.DEFINE_string('data_dir', None, 'Where TFDS keeps prepared datasets.')
-flags.DEFINE_integer('train_videos', 10_000, 'Videos in the train split.')
-flags.DEFINE_integer('test_videos', 2_000, 'Videos in the test split.')
+
+def _define_flags(argv):
+  """The flags, defined afresh on every `main()` call (`cli.fresh_flags`)."""
+  from absl import flags
+
+  from mipae_jax import cli
+
+  fresh = cli.fresh_flags(*_FLAG_NAMES)
+  cli.define_config_flag('The run config the dataset is for: a packaged one by name or '
+                         'a config file path, with --config.FIELD=VALUE overrides.', argv)
+  flags.DEFINE_string('data_dir', None, 'Where TFDS keeps prepared datasets.')
+  flags.DEFINE_integer('train_videos', 10_000, 'Videos in the train split.')
+  flags.DEFINE_integer('test_videos', 2_000, 'Videos in the test split.')
+  return fresh
 
 
 def prepare(data_config, data_dir: str, num_train: int, num_test: int) -> str:
@@ -50,24 +57,24 @@ def prepare(data_config, data_dir: str, num_train: int, num_test: int) -> str:
   return tfds_source.dataset_name(data_config, num_train, num_test)
 
 
-def _main(argv):
-  del argv
+def _main(flags_):
   from mipae_jax import cli, data
 
   cli.setup_logging()
-  c = FLAGS.config
+  c = flags_.config
   data.validate_stream_fields(c.data)
-  name = prepare(c.data, FLAGS.data_dir, FLAGS.train_videos, FLAGS.test_videos)
-  print(f'Prepared {name} in {FLAGS.data_dir}. Train from it with:')
+  name = prepare(c.data, flags_.data_dir, flags_.train_videos, flags_.test_videos)
+  print(f'Prepared {name} in {flags_.data_dir}. Train from it with:')
   print(f'  --config.data.pipeline=tfds --config.data.tfds_name={name} '
-        f'--config.data.data_dir={FLAGS.data_dir}')
+        f'--config.data.data_dir={flags_.data_dir}')
 
 
 def main(argv=None):
   from mipae_jax import cli
 
-  cli.run(_main, sys.argv if argv is None else argv, required=('config', 'data_dir'),
-          doc=__doc__)
+  argv = sys.argv if argv is None else argv
+  flags_ = _define_flags(argv)
+  cli.run(lambda _: _main(flags_), argv, required=('config', 'data_dir'), doc=__doc__)
 
 
 if __name__ == '__main__':
