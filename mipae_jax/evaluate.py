@@ -15,6 +15,7 @@ scored on the same frames and videos.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -29,6 +30,7 @@ from mipae_jax import (
   configuration,
   data,
   errors,
+  logger,
   pipeline,
   predict,
   train,
@@ -45,6 +47,8 @@ ENCODE_BATCH = 500
 # map is then worse than the mean), so 0 or less is no linear leakage at all; the margin
 # keeps a chance fit of a few hundredths from reading as leakage.
 LEAKAGE_R2 = 0.1
+
+log = logging.getLogger(__name__)
 
 
 def encode_static(config, ae_variables, source, n: int, seed: int):
@@ -97,6 +101,9 @@ def disentanglement(config, ae_variables, source) -> dict:
   `config.eval.knn_content_mode` / `knn_pose_mode`, never from the sample size).
   """
   t0 = time.time()
+  small = sample_size_warning(config.eval.mig_samples)
+  if small:
+    log.warning('%s', small['message'])
   z_c, z_p, content, pose = encode_static(config, ae_variables, source,
                                           config.eval.mig_samples, config.eval.seed)
   content_groups, pose_groups = factor_groups(source, content, pose)
@@ -127,6 +134,43 @@ def disentanglement(config, ae_variables, source) -> dict:
   out['classic'] = _jsonable(mig_metrics.classic_mig_details(
       np.concatenate([z_c, z_p], axis=1), np.concatenate([content, pose], axis=1)))
   out['seconds'] = time.time() - t0
+  return out
+
+
+def sample_size_warning(n: int) -> dict | None:
+  """What to say of MIs estimated from `n` frames below `probe.MIN_STABLE_SAMPLES`, or
+  None. Returns {'kind': 'mig_samples', 'n_samples', 'threshold', 'message'}."""
+  least = probe.MIN_STABLE_SAMPLES
+  if n >= least:
+    return None
+  cfg = probe.DEFAULT
+  held_out = n - int(round(n * cfg.train_fraction)) - int(round(n * cfg.val_fraction))
+  return {'kind': 'mig_samples', 'n_samples': int(n), 'threshold': least, 'message': (
+      f'eval.mig_samples = {n:,} is below {least:,} frames, the fewest at which the probe '
+      f'estimator is validated (its self-check, metrics.validation, finds every '
+      f'known-answer MIG within 0.05 at {least:,} frames and within 0.05 of itself at '
+      f'{2 * least:,}). At {n:,} frames ({least / n:.3g}x fewer; each probe is scored on '
+      f'{held_out:,} held-out frames) the MIs and the MIG are not stable (they move with '
+      f'eval.seed) and not comparable with runs at other sizes. Raise eval.mig_samples '
+      f'to {least:,} or more.')}
+
+
+def training_warnings(workdir: str) -> list[dict]:
+  """The training stages whose gradients were exactly 0 over a whole log interval, as
+  recorded in `workdir/metrics.jsonl` (`logger.zero_gradient_flags`): one entry per
+  stage, {'kind': 'zero_gradients', 'stage', 'from_step', 'to_step', 'intervals',
+  'norms', 'trained_before', 'message'}."""
+  try:
+    records = logger.read_records(workdir)
+  except (OSError, ValueError):  # No run records (a bare checkpoint), or unreadable.
+    return []
+  out = []
+  for stage, flag in logger.zero_gradient_flags(records).items():
+    out.append({'kind': 'zero_gradients', 'stage': stage, **flag, 'message': (
+        f'the {stage} stage\'s gradients were zero from step {flag["from_step"]} '
+        f'({", ".join(flag["norms"])} exactly 0 at every step of {flag["intervals"]} log '
+        f'interval(s), the last ending at step {flag["to_step"]}), so its results are not '
+        f'meaningful: {logger.zero_gradient_cause(stage, flag["trained_before"])}.')})
   return out
 
 
@@ -234,6 +278,8 @@ def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, sou
              'lstm_step': None if lstm_state is None else int(lstm_state.step),
              'timings': {k: v for k, v in (timings or {}).items() if k != 'eval'}}
   results['mig'] = disentanglement(config, ae_variables, source)
+  small = sample_size_warning(results['mig']['n_samples'])
+  results['warnings'] = training_warnings(workdir) + ([small] if small else [])
   videos, test_set = prediction_videos(config, source)
   preds = None
   if lstm_params is not None:
@@ -298,9 +344,37 @@ def _leakage_r2(value: float) -> str:
   return f'{value:.3f} (no linear leakage)'
 
 
+CLIPPED_MARK = ' (clipped)'  # Beside an MI whose held-out bound was below 0 (shown as 0).
+
+
 def _mig_row(name: str, m: dict) -> str:
-  return (f'| {name} | {m["I_fc_zc"]:.4f} | {m["I_fc_zp"]:.4f} | {m["I_fp_zc"]:.4f} | '
-          f'{m["I_fp_zp"]:.4f} | {m["mig"]:.4f} |')
+  clipped = m.get('clipped', ())
+  cells = [f'{m[k]:.4f}' + (CLIPPED_MARK if k in clipped else '')
+           for k in mig_metrics.MI_KEYS]
+  return f'| {name} | ' + ' | '.join(cells) + f' | {m["mig"]:.4f} |'
+
+
+def _clipped_note(m: dict) -> list[str]:
+  """Report lines explaining the MIs of `m` (a probe result) reported as 0."""
+  clipped = m.get('clipped') or []
+  if not clipped:
+    return []
+  raw = ', '.join(f'{k.replace("I_", "I(").replace("_", ";")}) = {m["raw"][k]:.4f}'
+                  for k in clipped)
+  return [f'Clipped: the held-out bound was below 0 ({raw} nats), a valid bound on an MI, '
+          f'which is never negative, so it is reported as 0 and the MIG uses 0 (from the raw '
+          f'bounds the MIG would be {m["raw"]["mig"]:.4f}). A negative bound means the probe '
+          f'predicted the held-out frames worse than the factor\'s prior: it learned nothing '
+          f'that generalises (too few frames, or no information to find). The raw bounds '
+          f'are in metrics.json (mig.probe.raw).', '']
+
+
+def report_warnings(results: dict) -> list[str]:
+  """The report's warning lines: the run's training warnings (`results['warnings']`,
+  as `training_warnings` finds them) and a MIG sample below `probe.MIN_STABLE_SAMPLES`."""
+  found = [w for w in results.get('warnings', ()) if w.get('kind') != 'mig_samples']
+  small = sample_size_warning(results['mig']['n_samples'])
+  return [f'**Warning:** {w["message"]}' for w in found + ([small] if small else [])]
 
 
 def render_report(config, results: dict) -> str:
@@ -315,6 +389,10 @@ def render_report(config, results: dict) -> str:
       + (f', LSTM step {results["lstm_step"]}' if results['lstm_step'] is not None else
          ', no LSTM yet') + '.',
       '',
+  ]
+  for line in report_warnings(results):
+    lines += [line, '']
+  lines += [
       '## Disentanglement (nats; the paper\'s eq. 8, signed, whole latent vectors)',
       '',
       f'{mg["n_samples"]} test frames. Headline estimator: **{mg["estimator"]}**.',
@@ -325,8 +403,7 @@ def render_report(config, results: dict) -> str:
   ]
   if 'paper' in mg:
     lines.append(_mig_row('paper protocol (kNN)', mg['paper']))
-  lines += [
-      '',
+  lines += [''] + _clipped_note(pm) + [
       f'Probe: {pm["probe"]}. Each MI is H(f) minus the held-out cross-entropy of a probe '
       f'predicting f from the latent: a lower bound that is valid in any dimension. The '
       f'halves are normalised by the ceilings C(fc) = {pm["C_fc"]:.4f} and C(fp) = '
@@ -450,4 +527,7 @@ def print_summary(workdir: str, results: dict) -> None:
     p = results['prediction']
     print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')
     print(f'PSNR per future step: {" ".join(f"{v:.2f}" for v in p["psnr_mean"])}')
+  for w in results.get('warnings', ()):
+    if w['kind'] != 'mig_samples':  # That one was logged as the evaluation began.
+      print(f'Warning: {w["message"]}')
   print(f'Report: {os.path.join(workdir, "eval", "report.md")}')

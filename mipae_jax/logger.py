@@ -168,6 +168,52 @@ def check_finite(step: int, metrics: Mapping[str, Any], stage: str,
       f'the same command (it restarts from that checkpoint); if it diverges again, {lower}.')
 
 
+# Suffix of the key a log interval's record gets for each gradient norm that was exactly 0
+# at every step of it: `grad_norm_zero_from` = the interval's first step.
+ZERO_FROM = '_zero_from'
+
+
+def zero_gradient_cause(stage: str, trained_before: bool) -> str:
+  """The likely cause of a gradient norm exactly 0 over a whole log interval, and what
+  to try. `trained_before`: the norm was above 0 earlier in the stage."""
+  if not trained_before:
+    return ('those parameters are not training (a zero loss weight, a detached term or a '
+            'dead network?)')
+  lr_flag = '--config.lstm_optim.lr' if stage == 'lstm' else '--config.optim.lr'
+  return ('those parameters trained at first and then stopped: most likely an update so '
+          'large that the network saturated (or its parameters overflowed) where every '
+          'gradient is 0, i.e. a learning rate too large, or units that died in training. '
+          f'Start a new --workdir with a lower {lr_flag}')
+
+
+def zero_gradient_flags(records) -> dict:
+  """The stages whose gradient norms were exactly 0 over a whole log interval, from the
+  records of metrics.jsonl (`read_records`).
+
+  Returns {stage: {'from_step': the first such interval's first step, 'to_step': the
+  last such interval's last step, 'intervals': how many, 'norms': [names],
+  'trained_before': whether the stage trained before from_step}}, stages in the order
+  they first appear.
+  """
+  out = {}
+  for record in records:
+    zero = {k[:-len(ZERO_FROM)]: int(v) for k, v in record.items()
+            if k.endswith(ZERO_FROM)}
+    if not zero:
+      continue
+    flag = out.setdefault(record.get('stage'), {'from_step': min(zero.values()),
+                                                'intervals': 0, 'norms': []})
+    flag['from_step'] = min(flag['from_step'], *zero.values())
+    flag['to_step'] = int(record['step'])
+    flag['intervals'] += 1
+    flag['norms'] = sorted(set(flag['norms']) | set(zero))
+  for flag in out.values():
+    # An interval from step 1 had no step before it; a later first zero interval means
+    # the interval before it, checked and not flagged, held a step where they moved.
+    flag['trained_before'] = flag['from_step'] > 1
+  return out
+
+
 def drop_records_after(workdir: str, stage: str, step: int) -> int:
   """Rewrites `workdir/metrics.jsonl` for a run resumed at `step` of `stage`: drops
   that stage's records past `step` (they are redone, and would appear twice) and any

@@ -39,7 +39,14 @@ from mipae_jax import workdir as workdir_lib
 
 # Raised from the loop; importable from here as before.
 from mipae_jax.distributed import PeerLost, Preempted  # noqa: F401
-from mipae_jax.logger import MetricLogger, ProgressBar, check_finite, drop_records_after
+from mipae_jax.logger import (
+  ZERO_FROM,
+  MetricLogger,
+  ProgressBar,
+  check_finite,
+  drop_records_after,
+  zero_gradient_cause,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +172,21 @@ def _stale_reason(meta: dict, record: dict) -> str | None:
 
 class _ZeroGradients:
   """Tracks, on device and without a sync per step, whether every `*grad_norm` metric
-  was exactly 0 at every step of the current log interval."""
+  was exactly 0 at every step of the current log interval.
+
+  `check` (at each log step) warns once per stage for each set of norms found zero over
+  a whole interval: a dead network repeats the same set at every interval, which gives
+  one warning naming the likely cause (`logger.zero_gradient_cause`), the others being
+  counted. It returns `{<norm>_zero_from: first step of the interval}` for the interval's
+  metrics.jsonl record, from which evaluation flags the stage (`logger.zero_gradient_flags`).
+  """
 
   def __init__(self):
     self.peak = None
     self.first = None
+    self.moved = set()  # Norms that were above 0 in some interval of this run.
+    self.warned = set()  # The sets of zero norms already warned about.
+    self.unlogged = 0  # Zero intervals not warned about (their set was).
 
   def update(self, step: int, metrics) -> None:
     norms = {k: v for k, v in metrics.items() if k.endswith('grad_norm')}
@@ -180,16 +197,31 @@ class _ZeroGradients:
     else:
       self.peak = jax.tree.map(jax.numpy.maximum, self.peak, norms)
 
-  def check(self, stage: str, step: int) -> None:
+  def check(self, stage: str, step: int) -> dict:
     if self.peak is None:
-      return
-    zero = sorted(k for k, v in _host_metrics(self.peak).items() if v == 0.0)
-    if zero:
-      log.warning('%s: %s exactly 0 at every step from %d to %d: those parameters are not '
-                  'training (a zero loss weight, a detached term or a dead network?).',
-                  stage, ', '.join(zero) + (' was' if len(zero) == 1 else ' were'),
-                  self.first, step)
+      return {}
+    peak, first = _host_metrics(self.peak), self.first
     self.peak = self.first = None
+    zero = sorted(k for k, v in peak.items() if v == 0.0)
+    trained_before = bool(self.moved.intersection(zero))
+    self.moved.update(k for k, v in peak.items() if v != 0.0)
+    if not zero:
+      return {}
+    if frozenset(zero) in self.warned:
+      self.unlogged += 1
+    else:
+      self.warned.add(frozenset(zero))
+      later = (' Later intervals like this one are counted, not logged; the evaluation '
+               'report flags the stage.' if trained_before else '')
+      log.warning('%s: %s exactly 0 at every step from %d to %d: %s.%s', stage,
+                  ', '.join(zero) + (' was' if len(zero) == 1 else ' were'), first, step,
+                  zero_gradient_cause(stage, trained_before), later)
+    return {f'{k}{ZERO_FROM}': first for k in zero}
+
+  def summary(self, stage: str) -> None:
+    if self.unlogged:
+      log.info('%s: %d more log interval(s) with the same gradient norms at 0 (not logged '
+               'one by one).', stage, self.unlogged)
 
 
 def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, data_key,
@@ -281,12 +313,13 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
                        saved_step=saved)
           if reader:
             last_metrics['epoch'] = batch_fn.epoch(step - 1)
-          metric_logger.write_scalars(step, last_metrics)
+          # A log interval whose gradient norms were all exactly 0 is recorded with them.
+          zero = zero_grads.check(stage, step) if at_log else {}
+          metric_logger.write_scalars(step, {**last_metrics, **zero})
         if at_log:
           # Only at log steps: off a terminal each update is a line of the job's log.
           bar.update(step - shown, last_metrics)
           shown = step
-          zero_grads.check(stage, step)
         if at_ckpt:
           reader_state = {DATA_ITERATOR: batch_fn.get_state()} if reader else {}
           store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata,
@@ -296,6 +329,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           raise distributed.Preempted(
               f'{stopping} received: saved the {stage} stage at step {step} in '
               f'{store.directory}. Run the same command again to resume.', signum)
+    zero_grads.summary(stage)
   finally:
     profiler.close()
     metric_logger.close()

@@ -51,8 +51,9 @@ H(f_p) = ln 32^4 = 13.9 (and Grassberger, blind to the ordering, gives ~ ln N + 
 an unmatched normaliser caps a perfect pose latent's term near 0.77 for reasons that have
 nothing to do with the model. With the matched one a perfect latent scores ~1 and an
 independent one ~0. The Grassberger and exact log-cardinality values are reported too,
-and `normaliser=` selects them instead. MI estimates are not clipped at 0: a signed
-metric needs the noise to average out, not to be rectified.
+and `normaliser=` selects them instead. The kNN estimates are not clipped at 0: they are
+estimates, not bounds, and a signed metric needs their noise to average out, not to be
+rectified. (The probe's held-out lower bounds are: see `mig_from_bounds`.)
 
 Norms and speed. kNN estimators are valid for any norm used consistently: Ross needs one
 norm on the latent space; KSG needs the joint norm max(|dx|_X, |dz|_Z) with any norms
@@ -549,6 +550,36 @@ def paper_mig(z_c, z_p, content, pose, k: int = 3, *, content_mode: str = 'auto'
 
 # ----------------------------------------------------------------------------- probe MIG
 
+MI_KEYS = ('I_fc_zc', 'I_fc_zp', 'I_fp_zc', 'I_fp_zp')
+
+
+def mig_from_bounds(bounds: dict, c_fc: float, c_fp: float) -> dict:
+  """The four MIs and the signed MIG (eq. 8) from held-out lower bounds (nats).
+
+  A bound below 0 is a valid bound on a quantity that is never negative, and says no
+  more than I >= 0 (a probe scored on a few held-out frames does worse than the prior),
+  so each MI is reported as max(0, bound) and the MIG is computed from those. The
+  unclipped numbers stay under 'raw'.
+
+  Args:
+    bounds: {'I_fc_zc', 'I_fc_zp', 'I_fp_zc', 'I_fp_zp': held-out bound}.
+    c_fc, c_fp: the halves' normalisers (the ceilings C(fc), C(fp)).
+
+  Returns:
+    dict: the four MIs (clipped), mig, content_term, pose_term; 'raw' (the same keys
+    from the unclipped bounds) and 'clipped' (the MI keys whose bound was below 0).
+  """
+
+  def signed(mi):
+    content_term = (mi['I_fc_zc'] - mi['I_fc_zp']) / c_fc
+    pose_term = (mi['I_fp_zp'] - mi['I_fp_zc']) / c_fp
+    return {**mi, 'mig': 0.5 * content_term + 0.5 * pose_term,
+            'content_term': content_term, 'pose_term': pose_term}
+
+  raw = {key: float(bounds[key]) for key in MI_KEYS}
+  return {**signed({key: max(0.0, v) for key, v in raw.items()}), 'raw': signed(raw),
+          'clipped': [key for key in MI_KEYS if raw[key] < 0]}
+
 
 def probe_mig(z_c, z_p, content, pose, content_groups=None, pose_groups=None,
               config: probe.ProbeConfig = probe.DEFAULT) -> dict:
@@ -567,9 +598,11 @@ def probe_mig(z_c, z_p, content, pose, content_groups=None, pose_groups=None,
   the frame does, so a perfect model scores 1, an independent one 0, a swapped one -1.
 
   Returns:
-    dict: I_fc_zc, I_fc_zp, I_fp_zc, I_fp_zp (nats), H_fc, H_fp, C_fc, C_fp, mig,
-    content_term, pose_term, estimator ('probe'), probe (its description), terms
-    ({'I_fc_zc': per-group details, ...}), n_samples, seconds, seconds_by_part.
+    dict: I_fc_zc, I_fc_zp, I_fp_zc, I_fp_zp (nats; a negative bound reported as 0, see
+    `mig_from_bounds`), H_fc, H_fp, C_fc, C_fp, mig, content_term, pose_term, raw (the
+    same from the unclipped bounds), clipped (the MIs reported as 0), estimator
+    ('probe'), probe (its description), terms ({'I_fc_zc': per-group details, ...}),
+    n_samples, seconds, seconds_by_part.
   """
   t0 = time.perf_counter()
   content, pose = _as_2d(content), _as_2d(pose)
@@ -592,13 +625,10 @@ def probe_mig(z_c, z_p, content, pose, content_groups=None, pose_groups=None,
     per = terms[f'I_{fname}_zc']['groups']
     ceil[fname] = sum(g.ceiling if g.ceiling is not None else per[g.name]['H']
                       for g in groups)
-  mi = {key: t['mi'] for key, t in terms.items()}
-  content_term = (mi['I_fc_zc'] - mi['I_fc_zp']) / ceil['fc']
-  pose_term = (mi['I_fp_zp'] - mi['I_fp_zc']) / ceil['fp']
+  reported = mig_from_bounds({key: t['mi'] for key, t in terms.items()}, ceil['fc'],
+                             ceil['fp'])
   return {
-      **mi, 'H_fc': h['fc'], 'H_fp': h['fp'], 'C_fc': ceil['fc'], 'C_fp': ceil['fp'],
-      'mig': 0.5 * content_term + 0.5 * pose_term,
-      'content_term': content_term, 'pose_term': pose_term,
+      **reported, 'H_fc': h['fc'], 'H_fp': h['fp'], 'C_fc': ceil['fc'], 'C_fp': ceil['fp'],
       'estimator': 'probe', 'probe': config.describe(),
       'groups_fc': [g.name for g in content_groups], 'groups_fp': [g.name for g in pose_groups],
       'terms': {key: {k: v for k, v in t.items() if k != 'seconds'} for key, t in terms.items()},

@@ -100,6 +100,14 @@ class ProbeConfig:
 
 DEFAULT = ProbeConfig()  # The setting every report uses.
 
+# The fewest frames at which the estimator is validated: its self-check
+# (`metrics.validation.run_suite`, run at 20,000 by `python -m mipae_jax.metrics.mig
+# --selfcheck` and by tests/test_probe_mig.py) finds every known-answer MIG within 0.05 at
+# this N and within 0.05 of itself at 2N. Below it nothing says the bounds have settled:
+# they are looser and move with N and with the frames drawn (eval.seed), so MIs from
+# fewer frames are neither stable nor comparable with other runs'. Evaluation warns.
+MIN_STABLE_SAMPLES = 20_000
+
 
 # ----------------------------------------------------------------------------- labels
 
