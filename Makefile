@@ -11,11 +11,14 @@ DEMO_WORKDIR ?= workdirs/demo
 LOCK := requirements/lock.txt
 
 # The exact versions tested (requirements/lock.txt) as constraints, so every install
-# and CI run is the same; setup.cfg's install_requires holds the compatible ranges.
+# and CI run is the same; setup.cfg's install_requires holds the compatible ranges. The
+# reference LPIPS (parity tests only) goes in without its dependencies: it asks for
+# torchvision, whose wheel here links CUDA (the tests stub torchvision.models).
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test,video-metrics]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps lpips==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,7 +44,7 @@ gpu-wheels: $(STAMP)
 lock: $(STAMP)
 	{ echo '# The exact versions tested together (Python 3.11, CPU): make install, make test and CI'; \
 	  echo '# install with -c requirements/lock.txt. Regenerate with: make lock'; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v '^mipae' ; } > $(LOCK)
+	  $(PY) -m pip list --format=freeze --exclude-editable | grep -v '^mipae' ; } > $(LOCK)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks

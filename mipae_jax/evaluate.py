@@ -421,7 +421,7 @@ def render_report(config, results: dict) -> str:
         f'k = 3), normalised by H(fc) = {m["H_fc"]:.4f} ({m["H_estimator_fc"]}) and H(fp) = '
         f'{m["H_fp"]:.4f} ({m["H_estimator_fp"]}). For comparison with the paper\'s Table 1 '
         f'only: in a 128-wide z_c the kNN estimates miss most of the pose information '
-        f'(see the README), so its I(fp;zc) under-reports leakage.',
+        f'(see docs/mig.md), so its I(fp;zc) under-reports leakage.',
         '',
     ]
   lines += [
