@@ -13,6 +13,7 @@ from mipae_jax.configs import default as default_config
 DTYPES = ('float32', 'bfloat16')
 MIG_ESTIMATORS = ('probe', 'paper')
 KNN_MODES = ('discrete', 'continuous')
+LPIPS_NETS = ('', 'alex', 'vgg')
 
 
 # Fields added after runs were recorded without them, with the value those runs used: a
@@ -21,7 +22,8 @@ KNN_MODES = ('discrete', 'continuous')
 # may change on resume (config_record.RESUMABLE_FIELDS), so this only keeps the record true.
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
-                'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': ''}
+                'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': '',
+                'eval.lpips': ''}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -184,6 +186,12 @@ def validate(config, num_devices: int = 1) -> None:
     _fail('eval.mig_samples', config.eval.mig_samples, 'at least 100 (the paper uses 100,000)')
   if config.eval.mig_estimator not in MIG_ESTIMATORS:
     _fail('eval.mig_estimator', config.eval.mig_estimator, f'one of {MIG_ESTIMATORS}')
+  if config.eval.lpips not in LPIPS_NETS:
+    _fail('eval.lpips', config.eval.lpips, f"one of {LPIPS_NETS} ('' = no LPIPS)")
+  if config.eval.lpips and d.image_size < 32:
+    _fail('eval.lpips', config.eval.lpips,
+          f"'' for data.image_size={d.image_size}: LPIPS's networks need frames of at "
+          'least 32 pixels')
   if not isinstance(config.eval.paper_protocol, bool):
     _fail('eval.paper_protocol', config.eval.paper_protocol, 'True or False')
   for field in ('knn_content_mode', 'knn_pose_mode'):

@@ -222,7 +222,37 @@ def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict,
   preds = np.concatenate(preds)
   scores = image_metrics.per_step_metrics(preds, videos[:, c:c + f])
   keep = ('ssim_mean', 'ssim_ci95', 'psnr_mean', 'psnr_ci95', 'n_videos', 'protocol')
-  return {k: _jsonable(scores[k]) for k in keep}, preds
+  out = {k: _jsonable(scores[k]) for k in keep}
+  out.update(lpips_per_step(config.eval.get('lpips', ''), preds, videos[:, c:c + f]))
+  return out, preds
+
+
+def lpips_per_step(net: str, pred, true, batch: int = 50) -> dict:
+  """LPIPS of every predicted frame, mean and 95% interval over videos per step.
+
+  Args:
+    net: 'alex' or 'vgg' ('': none).
+    pred, true: videos `[N, F, H, W, C]` in [0, 1].
+  Returns:
+    `{'lpips_mean': [F], 'lpips_ci95': [F], 'lpips_net', 'lpips_protocol'}`, or
+    `{'lpips_skipped': reason}` when the weights are not installed, or {} when off.
+  """
+  if not net:
+    return {}
+  from mipae_jax.metrics import lpips
+
+  try:
+    params = lpips.load_weights(net)
+  except lpips.WeightsNotFoundError as e:
+    log.warning('LPIPS skipped: %s', e)
+    return {'lpips_skipped': str(e)}
+  n = len(pred)
+  scores = np.concatenate([np.asarray(lpips.lpips(params, pred[s:s + batch], true[s:s + batch]))
+                           for s in range(0, n, batch)]).astype(np.float64)  # [N, F]
+  ci95 = (1.96 * scores.std(axis=0, ddof=1) / np.sqrt(n) if n > 1
+          else np.zeros(scores.shape[1]))
+  return {'lpips_mean': scores.mean(0).tolist(), 'lpips_ci95': ci95.tolist(),
+          'lpips_net': net, 'lpips_protocol': lpips.PROTOCOL}
 
 
 def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: str) -> dict:
@@ -312,6 +342,8 @@ def log_to_tensorboard(workdir: str, results: dict) -> None:
   if 'prediction' in results:
     scalars['ssim_mean'] = float(np.mean(results['prediction']['ssim_mean']))
     scalars['psnr_mean'] = float(np.mean(results['prediction']['psnr_mean']))
+    if 'lpips_mean' in results['prediction']:
+      scalars['lpips_mean'] = float(np.mean(results['prediction']['lpips_mean']))
   out_dir = os.path.join(workdir, 'eval')
   images = {name: np.asarray(Image.open(os.path.join(out_dir, f)).convert('RGB'))
             for name, f in results['files'].items() if f.endswith('.png')}
@@ -453,11 +485,18 @@ def render_report(config, results: dict) -> str:
         '|---|' + '---|' * steps,
         '| SSIM | ' + ' | '.join(f'{v:.3f}' for v in p['ssim_mean']) + ' |',
         '| PSNR | ' + ' | '.join(f'{v:.2f}' for v in p['psnr_mean']) + ' |',
+        *([f'| LPIPS ({p["lpips_net"]}) | ' + ' | '.join(
+            f'{v:.3f} ± {ci:.3f}' for v, ci in zip(p['lpips_mean'], p['lpips_ci95'],
+                                                   strict=True)) + ' |']
+          if 'lpips_mean' in p else []),
         '',
         f'Test set: {p.get("test_set", "test-split videos fixed by eval.seed")}.',
         '',
         f'Protocol: {p["protocol"]}',
         '',
+        *([f'LPIPS (lower is better; ± a 95% interval over videos): {p["lpips_protocol"]}',
+           ''] if 'lpips_mean' in p else []),
+        *([f'LPIPS not computed: {p["lpips_skipped"]}', ''] if 'lpips_skipped' in p else []),
         '![ssim](ssim.png) ![psnr](psnr.png)',
         '',
         '![prediction](prediction.gif)',
@@ -527,6 +566,9 @@ def print_summary(workdir: str, results: dict) -> None:
     p = results['prediction']
     print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')
     print(f'PSNR per future step: {" ".join(f"{v:.2f}" for v in p["psnr_mean"])}')
+    if 'lpips_mean' in p:
+      print(f'LPIPS ({p["lpips_net"]}) per future step: '
+            f'{" ".join(f"{v:.3f}" for v in p["lpips_mean"])}')
   for w in results.get('warnings', ()):
     if w['kind'] != 'mig_samples':  # That one was logged as the evaluation began.
       print(f'Warning: {w["message"]}')

