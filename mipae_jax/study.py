@@ -13,7 +13,12 @@
 
 Runs evaluated on different terms (frames for the MIG, test set, step counts, dataset)
 are refused: the estimates depend on them, so their differences would not be the
-methods'.
+methods'. So is a run whose recorded method and seed are not those its directory's name
+says (a copy of another run), and a folder that holds no study runs at all.
+
+`check_configs` builds each run's config as `mipae-train` will (the config, the study's
+overrides, the method and the seed) and validates it, so a bad config is refused once,
+before any run starts, instead of failing every run.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+from mipae_jax import errors
 
 RESULTS_JSON, RESULTS_MD = 'results.json', 'results.md'
 TIME_FILE = 'study_time.json'  # Wall seconds a study spent on a run, summed over resumes.
@@ -50,8 +58,102 @@ MUST_AGREE = ('eval.mig_samples', 'eval.seed', 'eval.test_videos', 'eval.future_
               'eval.mig_estimator', 'train.ae_steps', 'train.lstm_steps', 'data')
 
 
+# A run's directory: METHOD-sSEED (`run_name`).
+RUN_DIR = re.compile(r'^(?P<method>.+)-s(?P<seed>\d+)$')
+
+
+class StudyError(errors.UserError, ValueError):
+  """A study directory, or a run in it, is not what the study needs."""
+
+
 def run_name(method: str, seed: int) -> str:
   return f'{method}-s{seed}'
+
+
+def find_runs(study_dir: str) -> list[str]:
+  """The study's runs in `study_dir`: directories named METHOD-sSEED holding a
+  `config.json` or the study's log of a run that stopped before recording one.
+
+  Raises NotARunError if `study_dir` is not a directory, StudyError if it holds no runs.
+  """
+  if not os.path.isdir(study_dir):
+    raise errors.NotARunError(
+        f'study directory {study_dir!r} ' + ('is not a directory' if os.path.exists(
+            study_dir) else 'does not exist') + ': pass the --workdir of a study.')
+  entries = sorted(os.listdir(study_dir))
+  runs = [d for d in entries if RUN_DIR.match(d) and os.path.isdir(os.path.join(
+      study_dir, d)) and any(os.path.exists(os.path.join(study_dir, d, f))
+                             for f in ('config.json', 'study.log'))]
+  if not runs:
+    shown = ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5
+                                      else '')
+    raise StudyError(
+        f'{study_dir} holds no study runs (directories named METHOD-sSEED with a '
+        f'config.json, as mipae-study makes them); it holds '
+        f'{shown or "nothing"}. Pass the --workdir of a study.')
+  return runs
+
+
+def check_identity(study_dir: str, runs: Sequence[str]) -> None:
+  """Refuses a run whose recorded `loss.name` and `seed` are not those its directory's
+  name says: the study reports each run as the method and seed of its name."""
+  for run in runs:
+    try:
+      with open(os.path.join(study_dir, run, 'config.json')) as f:
+        config = json.load(f)
+      method, seed = config['loss']['name'], config['seed']
+    except (OSError, ValueError, KeyError, TypeError):
+      continue  # Not recorded yet, or damaged: reported as not finished.
+    if run != run_name(method, seed):
+      raise StudyError(
+          f'{os.path.join(study_dir, run)} holds a run of {method} with seed {seed} (its '
+          f'config.json records loss.name={method!r}, seed={seed}), not the one its name '
+          f'says: the study reports each run as the method and seed of its directory '
+          f'name. Rename it to {run_name(method, seed)} if that is what it is, or remove '
+          f'it (the study then trains {run} there).')
+
+
+def requested_config(config_spec: str, overrides: Sequence[str], method: str, seed: int):
+  """The config `mipae-train --config=SPEC --config.loss.name=METHOD --config.seed=SEED
+  OVERRIDES` runs with (overrides are `--config.FIELD=VALUE`); ConfigError if one names
+  no field or has a value of the wrong type."""
+  from mipae_jax import cli
+  config = cli.load_config_file(config_spec)
+  for override in (f'--config.loss.name={method}', f'--config.seed={seed}', *overrides):
+    field, sep, text = override[len('--config.'):].partition('=')
+    current = cli.field_value(config, field)
+    if hasattr(current, 'keys'):
+      raise errors.ConfigError(f'{override}: config.{field} is a group of fields; '
+                               f'override one of them ({", ".join(sorted(current))}).')
+    if sep:
+      value = cli.parse_value(f'--config.{field}', text, current)
+    elif isinstance(current, bool):
+      value = True  # As absl reads a bare boolean flag.
+    else:
+      raise errors.ConfigError(f'{override}: expected --config.{field}=VALUE.')
+    parent, _, last = field.rpartition('.')
+    node = cli.field_value(config, parent) if parent else config
+    try:
+      node[last] = value
+    except (TypeError, ValueError) as e:
+      raise errors.ConfigError(f'{override}: {errors.first_line(str(e))}') from None
+  return config
+
+
+def check_configs(config_spec: str, overrides: Sequence[str], methods: Sequence[str],
+                  seed: int) -> None:
+  """Validates each method's run config (`requested_config`, with `seed`: seeds differ
+  only in a number) as the runs will; ConfigError (DataNotFoundError for missing data)
+  naming the method, before any run starts."""
+  from mipae_jax import configuration
+  for method in methods:
+    try:
+      configuration.validate(requested_config(config_spec, overrides, method, seed))
+    except (errors.UserError, ValueError, TypeError) as e:
+      raise errors.ConfigError(
+          f'the runs of {method} would fail (--config={config_spec} with '
+          f'loss.name={method!r}, seed={seed}{" and the overrides" if overrides else ""}): '
+          f'{errors.first_line(str(e), 400)} No run was started.') from e
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -297,10 +399,18 @@ def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[
 
 def aggregate(study_dir: str, runs: Sequence[str] | None = None,
               baseline: str = BASELINE) -> dict:
-  """Reads the finished runs (all `*-s*` workdirs, or `runs`), writes the results files."""
+  """Reads the finished runs (`find_runs`, or `runs`), writes the results files.
+
+  Raises, naming what is wrong: NotARunError (a `UserError`) for a directory that does
+  not exist; a ValueError for the rest: no runs in it or a run that is not the one its
+  name says (StudyError, a `UserError`), runs not finished, runs evaluated on different
+  terms.
+  """
   if runs is None:
-    runs = sorted(d for d in os.listdir(study_dir)
-                  if os.path.isdir(os.path.join(study_dir, d)) and '-s' in d)
+    runs = find_runs(study_dir)
+  elif not os.path.isdir(study_dir):
+    find_runs(study_dir)  # Raises, naming it.
+  check_identity(study_dir, runs)
   missing = [r for r in runs if not is_complete(os.path.join(study_dir, r))]
   if missing:
     raise ValueError(f'runs not finished: {", ".join(missing)}. Run the study command '

@@ -69,13 +69,17 @@ def finished_study(tmp_path_factory):
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
   first = os.path.join(workdir, 'mipae-s0', 'eval', 'metrics.json')
+  # The study starts the next run once the first has exited and its time is recorded;
+  # the first run still writes its report after its metrics.
+  second = os.path.join(workdir, 'drnet-s0', 'study.log')
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True, env=env)
-  deadline = time.time() + 400
-  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+  deadline = time.time() + 600
+  while not os.path.exists(second) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.5)
-  assert os.path.exists(first), proc.stdout.read().decode()[-3000:]
-  time.sleep(2)  # Let the next run start, so the kill lands inside it.
+  assert os.path.exists(first) and os.path.exists(second), \
+      proc.stdout.read().decode()[-3000:]
+  time.sleep(2)  # Let the next run get going, so the kill lands inside it.
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   first_mtime = os.path.getmtime(first)

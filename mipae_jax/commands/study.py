@@ -10,11 +10,11 @@ run), so it checkpoints and resumes as any run does; a finished run is skipped. 
 config is validated for each method before any run starts. Then
 `mipae_jax.study.aggregate` writes DIR/results.json, results.md and the pictures.
 
-Stopping: SIGINT (Ctrl-C) or SIGTERM to the study is passed on to the running run(s),
-each saves a checkpoint and stops, no further run starts, and the study exits 128+signal
-naming them; the same command resumes. A run that stops on a signal of its own stops the
-study the same way; a run that fails stops it with status 1, naming the run's log
-(DIR/METHOD-sSEED/study.log).
+Stopping: SIGINT (Ctrl-C) or SIGTERM to the study is passed on to the running run(s) (as
+SIGTERM, see `STOP_RUN`); each saves a checkpoint and stops, no further run starts, and
+the study exits 128+signal naming them; the same command resumes. A run that stops on a
+signal of its own stops the study the same way; a run that fails stops it with status 1,
+naming the run's log (DIR/METHOD-sSEED/study.log).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ from typing import IO
 from mipae_jax import cli, errors, losses, study
 
 POLL_SECONDS = 0.2  # How often the study looks at its running runs.
+# What a signal to the study sends its running runs, whichever it was. mipae-train's
+# training loop takes SIGTERM and SIGINT alike as a request to save and stop, and a
+# repeated one as the same request (Ctrl-C in a terminal reaches the runs too). Before
+# that loop (starting, compiling) or after it (evaluating) SIGTERM ends a run at once,
+# with nothing unsaved, while a SIGINT there can be lost: the KeyboardInterrupt it raises
+# may land in a library's callback, which swallows it, and the run trains on.
+STOP_RUN = signal.SIGTERM
 
 
 def _ints(text: str) -> list[int]:
@@ -169,10 +176,7 @@ def run_all(args, todo) -> tuple[int, str] | None:
     del frame
     signalled.append(signum)
     for r in list(running.values()):
-      # With Ctrl-C in a terminal the run got it too: mipae-train's handler takes a
-      # repeated signal as the same request to save and stop. (A run that has ended is
-      # not signalled.)
-      r.proc.send_signal(signum)
+      r.proc.send_signal(STOP_RUN)  # Not to a run that has ended.
 
   previous = {}
   for sig in (signal.SIGINT, signal.SIGTERM):
@@ -194,7 +198,7 @@ def run_all(args, todo) -> tuple[int, str] | None:
         running[name] = _Running(name, subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT), log, log_path, time.time())
         if signalled:  # Arrived while it was being started.
-          running[name].proc.send_signal(signalled[0])
+          running[name].proc.send_signal(STOP_RUN)
       time.sleep(POLL_SECONDS)
       for name, r in list(running.items()):
         code = r.proc.poll()
@@ -216,7 +220,7 @@ def run_all(args, todo) -> tuple[int, str] | None:
       r.proc.send_signal(signal.SIGTERM)
   names = ', '.join(n for n, _ in interrupted)
   if signalled:
-    what = f'interrupted {names}' if interrupted else 'no run was running'
+    what = f'interrupted {names}' if interrupted else 'no run was interrupted'
     return 128 + signalled[0], (
         f'stopped by {_signal_name(signalled[0])}: {what}; no further run was started. '
         'Run the same command to resume (finished runs are skipped).')
@@ -241,6 +245,9 @@ def main(argv=None) -> int:
   runs = None
   try:
     if not args.aggregate_only:
+      if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise errors.WorkdirError(f'--workdir={args.workdir} is a file, not a directory: '
+                                  'pass the directory the study keeps its runs in.')
       study.check_configs(args.config, args.overrides, args.methods, args.seeds[0])
       todo = [(m, s) for s in args.seeds for m in args.methods]
       if os.path.isdir(args.workdir):  # A run resumed or skipped must be the one named.
