@@ -23,7 +23,7 @@ LPIPS_NETS = ('', 'alex', 'vgg')
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
                 'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': '',
-                'eval.lpips': ''}
+                'eval.lpips': '', 'eval.analogy_videos': 0}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -186,6 +186,14 @@ def validate(config, num_devices: int = 1) -> None:
     _fail('eval.mig_samples', config.eval.mig_samples, 'at least 100 (the paper uses 100,000)')
   if config.eval.mig_estimator not in MIG_ESTIMATORS:
     _fail('eval.mig_estimator', config.eval.mig_estimator, f'one of {MIG_ESTIMATORS}')
+  _non_negative_int(config, 'eval.analogy_videos')
+  if config.eval.analogy_videos == 1:
+    _fail('eval.analogy_videos', 1, '0 (off) or at least 2: each video is drawn with '
+          "another's poses")
+  if config.eval.analogy_videos and d.name == 'mpi3d':
+    _fail('eval.analogy_videos', config.eval.analogy_videos,
+          "0 for data.name='mpi3d': the analogy classifier reads objects with a shape label "
+          'and a pixel position, which MPI3D frames lack')
   if config.eval.lpips not in LPIPS_NETS:
     _fail('eval.lpips', config.eval.lpips, f"one of {LPIPS_NETS} ('' = no LPIPS)")
   if config.eval.lpips and d.image_size < 32:

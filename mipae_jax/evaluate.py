@@ -227,6 +227,12 @@ def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict,
   return out, preds
 
 
+def cache_dir() -> str:
+  """Where evaluation keeps what it trains once per dataset (the analogy classifier):
+  `$MIPAE_CACHE_DIR`, default `~/.cache/mipae_jax`."""
+  return os.path.expanduser(os.environ.get('MIPAE_CACHE_DIR', '~/.cache/mipae_jax'))
+
+
 def lpips_per_step(net: str, pred, true, batch: int = 50) -> dict:
   """LPIPS of every predicted frame, mean and 95% interval over videos per step.
 
@@ -310,6 +316,11 @@ def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, sou
   results['mig'] = disentanglement(config, ae_variables, source)
   small = sample_size_warning(results['mig']['n_samples'])
   results['warnings'] = training_warnings(workdir) + ([small] if small else [])
+  if config.eval.get('analogy_videos', 0):
+    from mipae_jax.metrics import analogy
+    results['analogy'] = analogy.evaluate_analogies(
+        config, ae_variables, source, config.eval.analogy_videos, config.eval.seed,
+        cache_dir=os.path.join(cache_dir(), 'analogy'), log=log.info)
   videos, test_set = prediction_videos(config, source)
   preds = None
   if lstm_params is not None:
@@ -344,6 +355,8 @@ def log_to_tensorboard(workdir: str, results: dict) -> None:
     scalars['psnr_mean'] = float(np.mean(results['prediction']['psnr_mean']))
     if 'lpips_mean' in results['prediction']:
       scalars['lpips_mean'] = float(np.mean(results['prediction']['lpips_mean']))
+  if 'analogy' in results:
+    scalars['analogy_content_accuracy'] = results['analogy']['content_accuracy']
   out_dir = os.path.join(workdir, 'eval')
   images = {name: np.asarray(Image.open(os.path.join(out_dir, f)).convert('RGB'))
             for name, f in results['files'].items() if f.endswith('.png')}
@@ -409,6 +422,29 @@ def report_warnings(results: dict) -> list[str]:
   return [f'**Warning:** {w["message"]}' for w in found + ([small] if small else [])]
 
 
+def _analogy_lines(a: dict | None) -> list[str]:
+  """The report's analogy-accuracy paragraph (none when it was not measured)."""
+  if not a:
+    return []
+  factors = sorted(k[len('ceiling_'):-len('_accuracy')] for k in a
+                   if k.startswith('ceiling_') and k.endswith('_accuracy')
+                   and k not in ('ceiling_content_accuracy', 'ceiling_frame_accuracy'))
+  rows = [('content', 'content_accuracy')] + [(f, f'{f}_accuracy') for f in factors]
+  head = '| | ' + ' | '.join(name for name, _ in rows) + ' | position error (px) |'
+  lines = ['## Analogy accuracy', '',
+           f'Content of one test video drawn with the poses of another ({a["n_pairs"]} pairs, '
+           f'{a["n_frames"]} frames): the fraction whose objects a classifier reads as the '
+           'content source\'s, and how far they are from the pose source\'s places.', '',
+           head, '|---|' + '---|' * (len(rows) + 1)]
+  for label, prefix in (('this model', ''), ('ceiling (true frames)', 'ceiling_'),
+                        ('blobs (shape lost)', 'blob_'), ('chance', 'chance_')):
+    cells = [f'{a[prefix + key]:.3f}' if prefix + key in a else '' for _, key in rows]
+    pos = a.get(prefix + 'position_error_px') if prefix != 'chance_' else None
+    pos_cell = '' if pos is None else f'{pos:.2f}'
+    lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {pos_cell} |')
+  return lines + ['', f'Protocol: {a["protocol"]}', '']
+
+
 def render_report(config, results: dict) -> str:
   """The markdown report: MIG table in the paper's Table 1 format, then pictures."""
   mg = results['mig']
@@ -470,6 +506,7 @@ def render_report(config, results: dict) -> str:
       '',
       '![analogy](analogy.png)',
       '',
+      *_analogy_lines(results.get('analogy')),
       '## Reconstructions',
       '',
       '![reconstruction](reconstruction.png)',
@@ -562,6 +599,12 @@ def print_summary(workdir: str, results: dict) -> None:
         f'{m["I_fp_zp"]:.3f}){extra}; pose from z_c R^2 '
         f'{results["mig"]["linear_r2"]["pose_from_zc"]:.3f}; '
         f'classic MIG {results["mig"]["classic"]["mig"]:.4f}')
+  if 'analogy' in results:
+    a = results['analogy']
+    print(f'Analogy accuracy {a["content_accuracy"]:.3f} (ceiling '
+          f'{a["ceiling_content_accuracy"]:.3f}, blobs {a["blob_content_accuracy"]:.3f}, '
+          f'chance {a["chance_content_accuracy"]:.3f}); position error '
+          f'{a["position_error_px"]:.2f} px')
   if 'prediction' in results:
     p = results['prediction']
     print(f'SSIM per future step: {" ".join(f"{v:.3f}" for v in p["ssim_mean"])}')

@@ -21,6 +21,12 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # tests build the same tiny programs again (a second run of a workdir, a resumed stage, a
 # study's seeds), and a cached executable computes the same bits as a fresh compile.
 # Fresh per session, so nothing carries over between runs of the suite.
+# What evaluation trains once and caches (the analogy classifier) stays in the session.
+if 'MIPAE_CACHE_DIR' not in os.environ:
+  _mipae_cache = tempfile.mkdtemp(prefix='mipae-cache-')
+  atexit.register(shutil.rmtree, _mipae_cache, ignore_errors=True)
+  os.environ['MIPAE_CACHE_DIR'] = _mipae_cache
+
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache = tempfile.mkdtemp(prefix='mipae-xla-cache-')
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

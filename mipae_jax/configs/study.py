@@ -38,4 +38,5 @@ def get_config(arg=None):
   c.eval.mig_samples = 20_000  # Paper: 100,000. One value for every run of the study.
   c.eval.test_videos = 200  # Paper protocol: 1000 (SSIM/PSNR). Fixed by eval.seed.
   c.eval.future_frames = 5  # As many as the training videos hold after the context.
+  c.eval.analogy_videos = 200
   return c

@@ -21,4 +21,6 @@ def get_config(arg=None):
   c.eval.mig_samples = 500
   c.eval.test_videos = 16
   c.eval.future_frames = 2
+  # The classifier would train in every test run.
+  c.eval.analogy_videos = 0
   return default.with_loss(c, arg)
