@@ -248,3 +248,21 @@ def test_a_path_with_an_unquoted_space_is_refused_naming_the_stray_parts(tmp_pat
   assert code == 2
   assert "unexpected argument(s) ['runs/x']" in out.err and 'quoted' in out.err
   assert not os.path.exists(tmp_path / 'my')
+
+
+def test_the_tools_cache_compiled_programs_unless_told_not_to(monkeypatch, tmp_path):
+  import jax
+
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'theirs'))
+    assert cli.enable_compilation_cache() is None  # The user's own setting rules.
+    monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR')
+    monkeypatch.setenv('MIPAE_XLA_CACHE', '0')
+    assert cli.enable_compilation_cache() is None
+    monkeypatch.delenv('MIPAE_XLA_CACHE')
+    monkeypatch.setenv('MIPAE_CACHE_DIR', str(tmp_path / 'cache'))
+    assert cli.enable_compilation_cache() == str(tmp_path / 'cache' / 'xla')
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'cache' / 'xla')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
