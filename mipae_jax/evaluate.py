@@ -432,8 +432,8 @@ def _analogy_lines(a: dict | None) -> list[str]:
   rows = [('content', 'content_accuracy')] + [(f, f'{f}_accuracy') for f in factors]
   head = '| | ' + ' | '.join(name for name, _ in rows) + ' | position error (px) |'
   lines = ['## Analogy accuracy', '',
-           f'Content of one test video drawn with the poses of another ({a["n_pairs"]} pairs, '
-           f'{a["n_frames"]} frames): the fraction whose objects a classifier reads as the '
+           f'Content of one test video drawn with the poses of another ({int(a["n_pairs"])} pairs, '
+           f'{int(a["n_frames"])} frames): the fraction whose objects a classifier reads as the '
            'content source\'s, and how far they are from the pose source\'s places.', '',
            head, '|---|' + '---|' * (len(rows) + 1)]
   for label, prefix in (('this model', ''), ('ceiling (true frames)', 'ceiling_'),
