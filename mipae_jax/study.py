@@ -52,10 +52,14 @@ METRICS = (
     ('classic_mig', 'classic MIG', True),
     ('ssim_mean', 'SSIM (mean over steps)', True),
     ('psnr_mean', 'PSNR (mean over steps)', True),
+    ('lpips_mean', 'LPIPS (mean over steps)', False),
+    ('analogy_accuracy', 'analogy accuracy', True),
+    ('analogy_position_px', 'analogy position error (px)', False),
 )
 # Config fields that must agree between runs that are compared.
 MUST_AGREE = ('eval.mig_samples', 'eval.seed', 'eval.test_videos', 'eval.future_frames',
-              'eval.mig_estimator', 'train.ae_steps', 'train.lstm_steps', 'data')
+              'eval.mig_estimator', 'eval.lpips', 'eval.analogy_videos', 'train.ae_steps',
+              'train.lstm_steps', 'data')
 
 
 # A run's directory: METHOD-sSEED (`run_name`).
@@ -217,6 +221,11 @@ def run_row(run_dir: str) -> dict:
     row.update(ssim=p['ssim_mean'], psnr=p['psnr_mean'],
                ssim_mean=float(np.mean(p['ssim_mean'])),
                psnr_mean=float(np.mean(p['psnr_mean'])))
+    if 'lpips_mean' in p:
+      row.update(lpips=p['lpips_mean'], lpips_mean=float(np.mean(p['lpips_mean'])))
+  if 'analogy' in m:
+    row.update(analogy_accuracy=m['analogy']['content_accuracy'],
+               analogy_position_px=m['analogy']['position_error_px'])
   try:
     with open(os.path.join(run_dir, TIME_FILE)) as f:
       row['wall_seconds'] = json.load(f)['seconds']
@@ -260,7 +269,7 @@ def summarise(rows: Sequence[dict], baseline: str = BASELINE) -> dict:
       if vals:
         mean, half = t_interval(vals)
         entry[key] = {'mean': mean, 'ci95': half, 'values': vals}
-    for curve in ('ssim', 'psnr'):
+    for curve in ('ssim', 'psnr', 'lpips'):
       vals = [by[m][s][curve] for s in seeds if curve in by[m][s]]
       if vals:
         arr = np.asarray(vals, np.float64)

@@ -339,3 +339,28 @@ def test_a_signal_to_the_study_stops_it_and_its_run(tmp_path):
     if start:
       assert 'ae: resumed from step' in said, said[-3000:]
     start = len(_log(log))
+
+
+def test_the_study_carries_lpips_and_the_analogy_accuracy(tmp_path):
+  """Issue 25: the aggregator reports LPIPS per step and the analogy accuracy per method."""
+  d = str(tmp_path / 'study')
+  for method, seed, acc in (('mipae', 0, 0.5), ('mipae', 1, 0.7), ('drnet', 0, 0.2),
+                            ('drnet', 1, 0.4)):
+    run_dir = _fake_run(d, method, seed)
+    path = os.path.join(run_dir, 'eval', 'metrics.json')
+    with open(path) as f:
+      m = json.load(f)
+    m['prediction'] = {'ssim_mean': [0.8, 0.7], 'psnr_mean': [25.0, 24.0],
+                       'lpips_mean': [0.1 + acc / 10, 0.2]}
+    m['analogy'] = {'content_accuracy': acc, 'position_error_px': 1.0 + seed}
+    with open(path, 'w') as f:
+      json.dump(m, f)
+  summary = study.aggregate(d)
+  mipae = summary['methods']['mipae']
+  assert mipae['analogy_accuracy']['mean'] == pytest.approx(0.6)
+  assert mipae['analogy_position_px']['mean'] == pytest.approx(1.5)
+  assert mipae['lpips']['mean'] == pytest.approx([0.16, 0.2])
+  assert summary['methods']['drnet']['lpips_mean']['mean'] == pytest.approx((0.13 + 0.2) / 2)
+  with open(os.path.join(d, study.RESULTS_MD)) as f:
+    text = f.read()
+  assert 'analogy accuracy' in text and 'LPIPS (mean over steps)' in text
