@@ -269,6 +269,12 @@ def enable_compilation_cache() -> str | None:
   jax.config.update('jax_compilation_cache_dir', path)
   # Programs that compile in under half a second are not worth a file each.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  # A cache entry that cannot be written or read (a full disk) only means compiling
+  # again: JAX warns with two lines per program, which would bury the one line that
+  # matters (a CheckpointError on that same full disk).
+  import warnings
+  warnings.filterwarnings('ignore', message='Error (writing|reading) persistent compilation '
+                          'cache entry', category=UserWarning)
   return path
 
 

@@ -175,7 +175,8 @@ def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
   def limit():
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
 
-  # No compilation cache: its writes would fail too, each with a warning of its own.
+  # The tool's own compilation cache (under MIPAE_CACHE_DIR) fails to write too: its
+  # warnings must not reach the output either.
   env = {k: v for k, v in os.environ.items()
          if k not in (cli.VERBOSE_ENV, 'JAX_COMPILATION_CACHE_DIR')}
   env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
