@@ -249,6 +249,12 @@ def define_config_flag(help_text: str, argv: Sequence[str] | None) -> None:
                                   sys_argv=None if argv is None else list(argv))
 
 
+def cache_dir() -> str:
+  """Where the tools and the evaluation keep what they make once and reuse (compiled
+  programs, the analogy classifier): `$MIPAE_CACHE_DIR`, default `~/.cache/mipae_jax`."""
+  return os.path.expanduser(os.environ.get('MIPAE_CACHE_DIR', '~/.cache/mipae_jax'))
+
+
 def enable_compilation_cache() -> str | None:
   """Turns on JAX's persistent compilation cache for a command-line tool: a rerun, a
   resume or an evaluation of the same config loads its compiled programs instead of
@@ -264,8 +270,7 @@ def enable_compilation_cache() -> str | None:
     return None
   import jax
 
-  path = os.path.join(os.path.expanduser(os.environ.get('MIPAE_CACHE_DIR',
-                                                        '~/.cache/mipae_jax')), 'xla')
+  path = os.path.join(cache_dir(), 'xla')
   jax.config.update('jax_compilation_cache_dir', path)
   # Programs that compile in under half a second are not worth a file each.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

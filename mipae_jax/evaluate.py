@@ -227,12 +227,6 @@ def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict,
   return out, preds
 
 
-def cache_dir() -> str:
-  """Where evaluation keeps what it trains once per dataset (the analogy classifier):
-  `$MIPAE_CACHE_DIR`, default `~/.cache/mipae_jax`."""
-  return os.path.expanduser(os.environ.get('MIPAE_CACHE_DIR', '~/.cache/mipae_jax'))
-
-
 def lpips_per_step(net: str, pred, true, batch: int = 50) -> dict:
   """LPIPS of every predicted frame, mean and 95% interval over videos per step.
 
@@ -320,7 +314,7 @@ def evaluate(config, workdir: str, ae_state: train.AEState, lstm_state=None, sou
     from mipae_jax.metrics import analogy
     results['analogy'] = analogy.evaluate_analogies(
         config, ae_variables, source, config.eval.analogy_videos, config.eval.seed,
-        cache_dir=os.path.join(cache_dir(), 'analogy'), log=log.info)
+        cache_dir=os.path.join(cli.cache_dir(), 'analogy'), log=log.info)
   videos, test_set = prediction_videos(config, source)
   preds = None
   if lstm_params is not None:

@@ -78,8 +78,9 @@ class Run:
       return x.astype(np.float32) / 255.0
     return x
 
-  @property
+  @functools.cached_property
   def _fns(self):
+    # Read once per Run: the config's record is the key of its shared jitted functions.
     return _jitted(json.dumps(self.config.to_dict(), default=str, sort_keys=True))
 
   def encode(self, frames) -> tuple[jax.Array, jax.Array]:

@@ -9,6 +9,7 @@ import types
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import stub_scoring
 from PIL import Image, ImageDraw
 
 from mipae_jax import configs, evaluate, visualize
@@ -54,12 +55,7 @@ def test_reevaluation_keeps_training_timings(tmp_path, monkeypatch):
                       lambda c, w: types.SimpleNamespace(step=2))
   monkeypatch.setattr(evaluate.pipeline, 'restore_lstm', lambda c, w, ae, allow_stale: None)
   monkeypatch.setattr(evaluate, 'data', types.SimpleNamespace(make_source=lambda c: None))
-  monkeypatch.setattr(evaluate, 'train',
-                      types.SimpleNamespace(autoencoder_variables=lambda s: {}))
-  monkeypatch.setattr(evaluate, 'disentanglement', lambda c, v, s: _mig())
-  monkeypatch.setattr(evaluate, 'prediction_videos', lambda c, s: (np.zeros(1), 'none'))
-  monkeypatch.setattr(evaluate, 'write_pictures', lambda *a: {})
-  monkeypatch.setattr(evaluate, 'log_to_tensorboard', lambda w, r: None)
+  stub_scoring(monkeypatch, evaluate, _mig())
 
   for _ in range(2):  # A second re-evaluation still finds the training's timings.
     results = evaluate.evaluate_workdir(workdir)

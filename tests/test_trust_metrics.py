@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import stub_scoring
 
 from mipae_jax import configs, evaluate, logger, parallel, pipeline
 from mipae_jax.configs import tiny
@@ -177,12 +178,7 @@ def test_a_norm_zero_at_one_log_step_only_is_not_recorded(tmp_path):
 def test_the_evaluation_flags_the_stage_in_metrics_json_and_the_report(tmp_path, monkeypatch):
   _run_lstm(tmp_path, 7, _dies_after_step_one, log_every=1, ckpt_every=7)
   # Everything but the flag's path from metrics.jsonl into eval/ is stubbed.
-  monkeypatch.setattr(evaluate, 'train',
-                      types.SimpleNamespace(autoencoder_variables=lambda s: {}))
-  monkeypatch.setattr(evaluate, 'disentanglement', lambda c, v, s: _mig())
-  monkeypatch.setattr(evaluate, 'prediction_videos', lambda c, s: (np.zeros(1), 'none'))
-  monkeypatch.setattr(evaluate, 'write_pictures', lambda *a: {})
-  monkeypatch.setattr(evaluate, 'log_to_tensorboard', lambda w, r: None)
+  stub_scoring(monkeypatch, evaluate, _mig())
   evaluate.evaluate(configs.get('tiny'), str(tmp_path), types.SimpleNamespace(step=2),
                     source=object())
   with open(tmp_path / 'eval' / 'metrics.json') as f:

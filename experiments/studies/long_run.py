@@ -27,7 +27,7 @@ import time
 import jax
 from PIL import Image, ImageDraw
 
-from mipae_jax import checkpoint, config_record, data, evaluate, train
+from mipae_jax import checkpoint, cli, config_record, data, evaluate, train
 from mipae_jax.metrics import analogy
 
 
@@ -63,7 +63,7 @@ def evaluate_step(config, workdir: str, step: int, source, out_dir: str,
          'r2_pose_from_zc': mig['linear_r2']['pose_from_zc']}
   a = analogy.evaluate_analogies(config, ae_variables, source, analogy_videos,
                                  config.eval.seed,
-                                 cache_dir=os.path.join(evaluate.cache_dir(), 'analogy'))
+                                 cache_dir=os.path.join(cli.cache_dir(), 'analogy'))
   row.update({k: v for k, v in a.items() if k != 'protocol'})
   videos, _ = evaluate.prediction_videos(config, source)
   os.makedirs(out_dir, exist_ok=True)

@@ -53,9 +53,3 @@ def get(spec: str) -> ml_collections.ConfigDict:
   module = importlib.import_module(f'{__name__}.{name}')
   return module.get_config(arg or None)
 
-
-def is_packaged(spec: str) -> bool:
-  """Whether `spec` (`NAME[:ARG]`, as on a command line) names a packaged config rather
-  than a file: a packaged name, not a path of an existing file."""
-  name = spec.partition(':')[0]
-  return name in NAMES and not os.path.exists(name)
