@@ -23,7 +23,9 @@ LPIPS_NETS = ('', 'alex', 'vgg')
 ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weight': 1.0,
                 'model.kernels': 'cpu', 'lstm.code_pool': 0, 'data.pipeline': 'stream',
                 'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': '',
-                'eval.lpips': '', 'eval.analogy_videos': 0}
+                'eval.lpips': '', 'eval.analogy_videos': 0, 'eval.mig_estimator': 'probe',
+                'eval.paper_protocol': True, 'eval.knn_content_mode': 'continuous',
+                'eval.knn_pose_mode': 'continuous'}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 

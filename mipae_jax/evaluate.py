@@ -73,16 +73,6 @@ def encode_static(config, ae_variables, source, n: int, seed: int):
           np.concatenate(pose))
 
 
-# Evaluation options a config written before they existed lacks: their defaults.
-EVAL_DEFAULTS = {'mig_estimator': 'probe', 'paper_protocol': True,
-                 'knn_content_mode': 'continuous', 'knn_pose_mode': 'continuous'}
-
-
-def eval_option(config, name: str):
-  """`config.eval.<name>`, or its default for a run recorded before the option existed."""
-  return config.eval.get(name, EVAL_DEFAULTS[name])
-
-
 def factor_groups(source, content, pose):
   """The source's factor groups of its test frames, or groups inferred from the labels."""
   groups = source.factor_groups('test')
@@ -107,22 +97,22 @@ def disentanglement(config, ae_variables, source) -> dict:
   z_c, z_p, content, pose = encode_static(config, ae_variables, source,
                                           config.eval.mig_samples, config.eval.seed)
   content_groups, pose_groups = factor_groups(source, content, pose)
-  estimator = eval_option(config, 'mig_estimator')
+  estimator = config.eval.mig_estimator
   out = {'estimator': estimator, 'n_samples': int(len(z_c)),
          'content_factors': list(source.content_factor_names),
          'pose_factors': list(source.pose_factor_names)}
   out['probe'] = mig_metrics.probe_mig(z_c, z_p, content, pose, content_groups, pose_groups)
-  if estimator == 'paper' or eval_option(config, 'paper_protocol'):
+  if estimator == 'paper' or config.eval.paper_protocol:
     for field, f in (('knn_content_mode', content), ('knn_pose_mode', pose)):
       once = int(np.sum(mig_metrics.joint_labels(f)[1] == 1))
-      if eval_option(config, field) == 'discrete' and once:
+      if config.eval[field] == 'discrete' and once:
         raise ValueError(
             f'config.eval.{field}=discrete (Ross) needs every joint label at least twice, '
             f'but {once} of the {len(f)} frames hold a label that occurs once. Set '
             f"config.eval.{field}='continuous' (KSG), or raise eval.mig_samples.")
     out['paper'] = mig_metrics.paper_mig(
-        z_c, z_p, content, pose, k=3, content_mode=eval_option(config, 'knn_content_mode'),
-        pose_mode=eval_option(config, 'knn_pose_mode'))
+        z_c, z_p, content, pose, k=3, content_mode=config.eval.knn_content_mode,
+        pose_mode=config.eval.knn_pose_mode)
   pose_targets = pose[:, [c for g in pose_groups for c in g.columns]]
   content_targets = probe.one_hot_groups(content, content_groups)
   out['linear_r2'] = {
@@ -563,9 +553,6 @@ def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False)
   kept in the new one (see `recorded_timings`).
   """
   config = config_record.load_config(workdir)
-  for name, value in EVAL_DEFAULTS.items():  # A run from before these options.
-    if name not in config.eval:
-      config.eval[name] = value
   for item in overrides:
     field, sep, text = item.partition('=')
     field = field.removeprefix('--').removeprefix('config.')

@@ -13,11 +13,12 @@ scale) turns into full learning-rate steps. The published code's biases drift th
 and make a run depend on summation order (device count, layout). `mipae_jax.convert`
 folds a published bias into the running mean that follows it, which is exact.
 
-How a layer is computed is a backend choice, not part of the model: every module takes a
-`Kernels` set, the functions its convolutions and BatchNorm call. `XLA` (here) leaves
-them to XLA's own convolutions and reductions; `mipae_jax.cpu_kernels.CPU` has VJPs of
-its own, measured faster on CPU only. Both give the same parameters and the same values,
-so a checkpoint moves between them (`config.model.kernels`).
+How a layer is computed is a backend choice, not part of the model: every network is built
+with one `Ops` holding a `Kernels` set, the functions its convolutions and BatchNorm call.
+`XLA` (here) leaves them to XLA's own convolutions and reductions;
+`mipae_jax.cpu_kernels.CPU` has VJPs of its own, measured faster on CPU only. Both give
+the same parameters and the same values, so a checkpoint moves between them
+(`config.model.kernels`).
 """
 
 from __future__ import annotations
@@ -126,14 +127,6 @@ XLA = Kernels(name='xla', conv4x4_down=conv4x4_down,
 # ------------------------------------------------------------------ Modules.
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int | str = 0,
-         use_bias: bool = True, dtype: Dtype = jnp.float32, name: str | None = None,
-         kernels: Kernels = XLA) -> Conv:
-  """A convolution with PyTorch's integer padding semantics (see `Conv`)."""
-  return Conv(features, kernel, stride, padding, use_bias, dtype=dtype, kernels=kernels,
-              name=name)
-
-
 def dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
   return nn.Dense(features, kernel_init=weight_init, dtype=dtype, name=name)
 
@@ -175,17 +168,6 @@ class BatchNorm(nn.Module):
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
       ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(unbiased)
     return y
-
-
-def batch_norm(train: bool, axis_name: str | None, dtype: Dtype = jnp.float32,
-               name: str | None = None, kernels: Kernels = XLA) -> BatchNorm:
-  """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here).
-
-  With `axis_name` set, batch statistics are averaged over that device axis, so a
-  data-parallel step normalises exactly as one device holding the global batch would.
-  """
-  return BatchNorm(use_running_average=not train, axis_name=axis_name if train else None,
-                   dtype=dtype, kernels=kernels, name=name)
 
 
 def leaky_relu(x):
@@ -277,6 +259,51 @@ class ConvTranspose3x3(nn.Module):
     xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = conv_valid(xp, kernel[::-1, ::-1].astype(self.dtype))
     return _maybe_bias(self, y, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+  """The layers of one network, made once with its numerics and passed to every block
+  (as flax's ImageNet example passes `conv = partial(nn.Conv, ...)`), instead of each
+  block declaring and forwarding `axis_name`, `dtype` and `kernels`.
+
+  axis_name: the device axis of a data-parallel train step (SyncBatchNorm), or None.
+  dtype: the compute dtype; parameters and BatchNorm statistics stay float32.
+  kernels: how convolutions and BatchNorm are computed (`Kernels`); never the parameters.
+  Each method returns a module; called inside a `nn.compact` method it becomes a child of
+  that module under `name`, so parameter names do not depend on `Ops`.
+  """
+  axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+  kernels: Kernels = XLA
+
+  def conv(self, features: int, kernel: int, stride: int = 1, padding: int | str = 0,
+           use_bias: bool = True, name: str | None = None) -> Conv:
+    """A convolution with PyTorch's integer padding semantics (see `Conv`)."""
+    return Conv(features, kernel, stride, padding, use_bias, dtype=self.dtype,
+                kernels=self.kernels, name=name)
+
+  def up4x4(self, features: int, use_bias: bool = True, name: str | None = None
+            ) -> UpConv4x4:
+    return UpConv4x4(features, use_bias, dtype=self.dtype, kernels=self.kernels, name=name)
+
+  def project_up(self, features: int, size: int = 4, use_bias: bool = True,
+                 name: str | None = None) -> ProjectUp:
+    return ProjectUp(features, size, use_bias, dtype=self.dtype, kernels=self.kernels,
+                     name=name)
+
+  def conv_t3x3(self, features: int, name: str | None = None) -> ConvTranspose3x3:
+    return ConvTranspose3x3(features, dtype=self.dtype, kernels=self.kernels, name=name)
+
+  def norm(self, train: bool, name: str | None = None) -> BatchNorm:
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here).
+
+    In training, batch statistics are averaged over `axis_name` (when set), so a
+    data-parallel step normalises exactly as one device holding the global batch would.
+    """
+    return BatchNorm(use_running_average=not train,
+                     axis_name=self.axis_name if train else None, dtype=self.dtype,
+                     kernels=self.kernels, name=name)
 
 
 class LSTMCell(nn.Module):

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mipae_jax import registry
+
 
 def global_mean(x, axis_name: str | None = None):
   """Mean of all entries of `x` over the global batch (all devices on `axis_name`)."""
@@ -154,15 +156,15 @@ class Variant:
   doc: str = ''
 
 
-VARIANTS: dict[str, Variant] = {}
+VARIANTS: registry.Registry[Variant] = registry.Registry('config.loss.name')
 
 
 def register(name: str, variant: Variant) -> Variant:
-  """Makes `variant` selectable as `config.loss.name = name` (and in studies' --methods)."""
+  """Makes `variant` selectable as `config.loss.name = name` (and in studies' --methods);
+  refuses a name already registered."""
   if variant.scores not in ('pairs', 'matrix'):
     raise ValueError(f"Variant.scores must be 'pairs' or 'matrix'; got {variant.scores!r}.")
-  VARIANTS[name] = variant
-  return variant
+  return VARIANTS.register(name, variant)
 
 
 def names() -> tuple[str, ...]:
@@ -170,9 +172,7 @@ def names() -> tuple[str, ...]:
 
 
 def variant(name: str) -> Variant:
-  if name not in VARIANTS:
-    raise ValueError(f'config.loss.name must be one of {names()}; got {name!r}.')
-  return VARIANTS[name]
+  return VARIANTS.lookup(name)
 
 
 def _clip_check(lc):

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mipae_jax import cpu_kernels, layers
+from mipae_jax import cpu_kernels, layers, registry
 from mipae_jax.layers import Dtype
 
 
@@ -37,49 +37,37 @@ class DCGANBlock(nn.Module):
   """4x4 stride-2 conv (or transposed conv with `up`) -> BatchNorm -> LeakyReLU(0.2)."""
   features: int
   up: bool = False
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kn = self.kernels
     if self.up:
-      x = layers.UpConv4x4(self.features, use_bias=False, dtype=self.dtype, kernels=kn,
-                           name='conv')(x)
+      x = self.ops.up4x4(self.features, use_bias=False, name='conv')(x)
     else:
-      x = layers.conv(self.features, 4, 2, 1, use_bias=False, dtype=self.dtype, kernels=kn,
-                      name='conv')(x)
-    x = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='bn')(x)
-    return layers.leaky_relu(x)
+      x = self.ops.conv(self.features, 4, 2, 1, use_bias=False, name='conv')(x)
+    return layers.leaky_relu(self.ops.norm(train, name='bn')(x))
 
 
 class _DCGANEncoder(nn.Module):
   """Shared body of both DCGAN encoders: `[B, H, W, C] -> ([B, dim], block outputs)`."""
   dim: int
   nf: int = 64
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   def blocks(self, x, train: bool):
     """The stride-2 blocks `c1`..`cn`: `x -> (4x4 map, block outputs)`."""
     skips = []
     h = x
     for i in range(dcgan_num_blocks(x.shape[1])):
-      h = DCGANBlock(self.nf * 2 ** i, axis_name=self.axis_name, dtype=self.dtype,
-                     kernels=self.kernels, name=f'c{i + 1}')(h, train)
+      h = DCGANBlock(self.nf * 2 ** i, ops=self.ops, name=f'c{i + 1}')(h, train)
       skips.append(h)
     return h, skips
 
   def encode(self, x, train: bool):
     n = dcgan_num_blocks(x.shape[1])
-    kn = self.kernels
     h, skips = self.blocks(x, train)
-    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
-                    name=f'c{n + 1}_conv')(h)
-    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn,
-                          name=f'c{n + 1}_bn')(h)
+    h = self.ops.conv(self.dim, 4, 1, 'VALID', use_bias=False, name=f'c{n + 1}_conv')(h)
+    h = self.ops.norm(train, name=f'c{n + 1}_bn')(h)
     z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
     return z, tuple(skips)
 
@@ -121,31 +109,25 @@ class Decoder(nn.Module):
   image_size: int = 64
   nf: int = 64
   skips: bool = False
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, z_c, z_p, skips: Sequence[jax.Array] | None = None,
                train: bool = True):
     n = dcgan_num_blocks(self.image_size)
-    kn = self.kernels
     if self.skips and (skips is None or len(skips) != n):
       raise ValueError(f'Decoder(skips=True) needs the {n} content-encoder block outputs.')
     z = jnp.concatenate([z_c, z_p], axis=-1)
-    h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, use_bias=False, dtype=self.dtype,
-                         kernels=kn, name='upc1_conv')(z)
-    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='upc1_bn')(h)
-    h = layers.leaky_relu(h)
+    h = self.ops.project_up(self.nf * 2 ** (n - 1), 4, use_bias=False, name='upc1_conv')(z)
+    h = layers.leaky_relu(self.ops.norm(train, name='upc1_bn')(h))
     for i in range(n - 1):
       if self.skips:
         h = jnp.concatenate([h, skips[n - 1 - i].astype(h.dtype)], axis=-1)
-      h = DCGANBlock(self.nf * 2 ** (n - 2 - i), up=True, axis_name=self.axis_name,
-                     dtype=self.dtype, kernels=kn, name=f'upc{i + 2}')(h, train)
+      h = DCGANBlock(self.nf * 2 ** (n - 2 - i), up=True, ops=self.ops,
+                     name=f'upc{i + 2}')(h, train)
     if self.skips:
       h = jnp.concatenate([h, skips[0].astype(h.dtype)], axis=-1)
-    h = layers.UpConv4x4(self.channels, dtype=self.dtype, kernels=kn,
-                         name=f'upc{n + 1}_conv')(h)
+    h = self.ops.up4x4(self.channels, name=f'upc{n + 1}_conv')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -195,17 +177,12 @@ class PoseLSTM(nn.Module):
 class VGGLayer(nn.Module):
   """3x3 conv (pad 1) -> BatchNorm -> LeakyReLU(0.2)."""
   features: int
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kn = self.kernels
-    x = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=self.dtype, kernels=kn,
-                    name='conv')(x)
-    x = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='bn')(x)
-    return layers.leaky_relu(x)
+    x = self.ops.conv(self.features, 3, 1, 1, use_bias=False, name='conv')(x)
+    return layers.leaky_relu(self.ops.norm(train, name='bn')(x))
 
 
 def _max_pool(x):
@@ -229,26 +206,21 @@ class VGGContentEncoder(nn.Module):
   BatchNorm, tanh. `x [B, 64, 64, C] -> (z_c [B, dim], skips)`, skips at 64, 32, 16, 8."""
   dim: int = 128
   nf: int = 64
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     _require_64(x, 'VGGContentEncoder')
-    kn = self.kernels
     skips = []
     h = x
     for s, (depth, mult) in enumerate(_VGG_STAGES):
       if s:
         h = _max_pool(h)
       for j in range(depth):
-        h = VGGLayer(self.nf * mult, self.axis_name, self.dtype, kn,
-                     name=f'c{s + 1}_{j}')(h, train)
+        h = VGGLayer(self.nf * mult, self.ops, name=f'c{s + 1}_{j}')(h, train)
       skips.append(h)
-    h = layers.conv(self.dim, 4, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
-                    name='c5_conv')(_max_pool(h))
-    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn, name='c5_bn')(h)
+    h = self.ops.conv(self.dim, 4, 1, 'VALID', use_bias=False, name='c5_conv')(_max_pool(h))
+    h = self.ops.norm(train, name='c5_bn')(h)
     return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim), tuple(skips)
 
 
@@ -257,22 +229,20 @@ class VGGDecoder(nn.Module):
   take the matching content skip. `(z_c, z_p, skips) -> [B, 64, 64, channels]`."""
   channels: int = 3
   nf: int = 64
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, z_c, z_p, skips, train: bool = True):
-    nf, ax, dt, kn = self.nf, self.axis_name, self.dtype, self.kernels
-    h = layers.ProjectUp(8 * nf, 4, use_bias=False, dtype=dt, kernels=kn, name='upc1_conv')(
+    nf, ops = self.nf, self.ops
+    h = ops.project_up(8 * nf, 4, use_bias=False, name='upc1_conv')(
         jnp.concatenate([z_c, z_p], axis=-1))
-    h = layers.leaky_relu(layers.batch_norm(train, ax, dt, kernels=kn, name='upc1_bn')(h))
+    h = layers.leaky_relu(ops.norm(train, name='upc1_bn')(h))
     stages = ((8, 8, 4), (4, 4, 2), (2, 1), (1,))  # widths / nf of each stage's layers.
     for s, widths in enumerate(stages):
       h = jnp.concatenate([_upsample(h), skips[3 - s].astype(h.dtype)], axis=-1)
       for j, mult in enumerate(widths):
-        h = VGGLayer(nf * mult, ax, dt, kn, name=f'upc{s + 2}_{j}')(h, train)
-    h = layers.ConvTranspose3x3(self.channels, dtype=dt, kernels=kn, name='upc5_out')(h)
+        h = VGGLayer(nf * mult, ops, name=f'upc{s + 2}_{j}')(h, train)
+    h = ops.conv_t3x3(self.channels, name='upc5_out')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -281,23 +251,19 @@ class BasicBlock(nn.Module):
   the shape changes), ReLU."""
   features: int
   stride: int = 1
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, x, train: bool):
-    ax, dt, kn = self.axis_name, self.dtype, self.kernels
-    h = layers.conv(self.features, 3, self.stride, 1, use_bias=False, dtype=dt, kernels=kn,
-                    name='conv1')(x)
-    h = nn.relu(layers.batch_norm(train, ax, dt, kernels=kn, name='bn1')(h))
-    h = layers.conv(self.features, 3, 1, 1, use_bias=False, dtype=dt, kernels=kn,
-                    name='conv2')(h)
-    h = layers.batch_norm(train, ax, dt, kernels=kn, name='bn2')(h)
+    ops = self.ops
+    h = ops.conv(self.features, 3, self.stride, 1, use_bias=False, name='conv1')(x)
+    h = nn.relu(ops.norm(train, name='bn1')(h))
+    h = ops.conv(self.features, 3, 1, 1, use_bias=False, name='conv2')(h)
+    h = ops.norm(train, name='bn2')(h)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, self.stride, 0, use_bias=False, dtype=dt, kernels=kn,
-                      name='downsample_conv')(x)
-      x = layers.batch_norm(train, ax, dt, kernels=kn, name='downsample_bn')(x)
+      x = ops.conv(self.features, 1, self.stride, 0, use_bias=False,
+                   name='downsample_conv')(x)
+      x = ops.norm(train, name='downsample_bn')(x)
     return nn.relu(h + x)
 
 
@@ -307,25 +273,22 @@ class ResNetPoseEncoder(nn.Module):
   `x [B, 64, 64, C] -> z_p [B, dim]` (spatial 64 -> 33 -> 17 -> 17 -> 9 -> 5 -> 3 -> 1)."""
   dim: int = 10
   nf: int = 64
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
   normalize: bool = False  # Unit L2 norm (the published `--normalize_position`).
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     _require_64(x, 'ResNetPoseEncoder')
-    ax, dt, kn = self.axis_name, self.dtype, self.kernels
-    h = layers.conv(self.nf, 5, 2, 3, use_bias=False, dtype=dt, kernels=kn, name='conv1')(x)
-    h = nn.relu(layers.batch_norm(train, ax, dt, kernels=kn, name='bn1')(h))
+    ops = self.ops
+    h = ops.conv(self.nf, 5, 2, 3, use_bias=False, name='conv1')(x)
+    h = nn.relu(ops.norm(train, name='bn1')(h))
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, mult in enumerate((1, 2, 4, 8)):
       for j in range(2):
         stride = 2 if (s > 0 and j == 0) else 1
-        h = BasicBlock(self.nf * mult, stride, ax, dt, kn, name=f'layer{s + 1}_{j}')(h, train)
-    h = layers.conv(self.dim, 3, 1, 'VALID', use_bias=False, dtype=dt, kernels=kn,
-                    name='conv_out')(h)
-    h = layers.batch_norm(train, ax, dt, kernels=kn, name='bn_out')(h)
+        h = BasicBlock(self.nf * mult, stride, ops, name=f'layer{s + 1}_{j}')(h, train)
+    h = ops.conv(self.dim, 3, 1, 'VALID', use_bias=False, name='conv_out')(h)
+    h = ops.norm(train, name='bn_out')(h)
     z = jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim)
     return l2_normalize(z) if self.normalize else z
 
@@ -353,8 +316,8 @@ class Architecture:
   """One `config.model.arch`: its three autoencoder networks.
 
   build: `(model_config, data_config, common) -> (content_encoder, pose_encoder, decoder)`,
-    where `common` holds the keyword arguments every network takes (nf, axis_name, dtype,
-    kernels).
+    where `common` holds the keyword arguments every network takes: `nf` and `ops` (the
+    `layers.Ops` its blocks make their convolutions and BatchNorms with).
   check: `(model_config, data_config) -> None | str`, what about the config (frame size,
     say) the networks cannot take.
   takes_skips: `model_config -> bool`, whether the decoder takes E_c's block outputs.
@@ -364,19 +327,17 @@ class Architecture:
   takes_skips: Callable
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
+ARCHITECTURES: registry.Registry[Architecture] = registry.Registry('config.model.arch')
 
 
 def register_architecture(name: str, arch: Architecture) -> Architecture:
-  """Makes `arch` selectable as `config.model.arch = name`."""
-  ARCHITECTURES[name] = arch
-  return arch
+  """Makes `arch` selectable as `config.model.arch = name`; refuses a name already
+  registered."""
+  return ARCHITECTURES.register(name, arch)
 
 
 def architecture(name: str) -> Architecture:
-  if name not in ARCHITECTURES:
-    raise ValueError(f'config.model.arch must be one of {tuple(ARCHITECTURES)}; got {name!r}.')
-  return ARCHITECTURES[name]
+  return ARCHITECTURES.lookup(name)
 
 
 def _dcgan_check(model_config, data_config):
@@ -420,8 +381,8 @@ def build_models(model_config, data_config, axis_name: str | None = None) -> dic
   (`model_config.kernels`) changes how layers are computed, never the parameters.
   """
   dt = jnp.dtype(model_config.dtype)
-  common = dict(nf=model_config.nf, axis_name=axis_name, dtype=dt,
-                kernels=kernels_for(model_config.kernels))
+  common = dict(nf=model_config.nf, ops=layers.Ops(axis_name, dt,
+                                                   kernels_for(model_config.kernels)))
   ec, ep, dec = architecture(model_config.arch).build(model_config, data_config, common)
   return {
       'content_encoder': ec,

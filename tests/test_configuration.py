@@ -115,3 +115,18 @@ def test_command_line_overrides_reach_validation(tmp_path):
   assert out.returncode != 0
   assert "config.loss.name='infogan' is not allowed" in out.stderr
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_a_registered_name_is_refused_a_second_time_and_lookup_names_the_field():
+  """The three registries (losses, architectures, datasets) are one `Registry`: a second
+  registration of a name would silently change what existing configs mean."""
+  from mipae_jax import data, losses, models
+  for reg, register, name in [(losses.VARIANTS, losses.register, 'mipae'),
+                              (models.ARCHITECTURES, models.register_architecture, 'dcgan'),
+                              (data.DATASETS, data.register, 'moving_dsprites')]:
+    before = reg[name]
+    with pytest.raises(ValueError, match=f"{reg.field} '{name}' is already registered"):
+      register(name, before)
+    assert reg[name] is before
+    with pytest.raises(ValueError, match=rf"{reg.field} must be one of .*'{name}'.*got 'nope'"):
+      reg.lookup('nope')

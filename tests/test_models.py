@@ -1,6 +1,7 @@
 """Module shapes, exact parameter counts and the custom layers against NumPy references."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 from mipae_jax import cpu_kernels, layers, models
 from mipae_jax.configs import dsprites as dsprites_config
 from mipae_jax.configs import mpi3d as mpi3d_config
+from mipae_jax.configs import tiny
 
 
 def n_params(module, *args, **kwargs):
@@ -336,3 +338,45 @@ def test_cpu_add_bias_gradient():
   want = jax.grad(lambda y, b: jnp.sum(jnp.sin(y + b) * probe), (0, 1))(y, b)
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('arch,size,nf', [('dcgan', 32, 4), ('vgg', 64, 2)])
+@pytest.mark.parametrize('kernels', ['xla', 'cpu'])
+def test_networks_read_variables_recorded_before_the_ops_refactor(arch, size, nf, kernels):
+  """`tests/data/networks_before_ops.npz` holds the three autoencoder networks' variables
+  and outputs written by version 0.2.0 (before the networks took one `layers.Ops`
+  instead of `axis_name`/`dtype`/`kernels` fields): the same names, shapes and initial
+  values, and the same outputs, so checkpoints and `mipae-convert` keep working."""
+  from flax import traverse_util
+  rec = np.load(os.path.join(os.path.dirname(__file__), 'data', 'networks_before_ops.npz'))
+  c = tiny.get_config()
+  c.model.arch, c.data.image_size, c.model.skips = arch, size, True
+  c.model.nf, c.model.content_dim, c.model.pose_dim, c.model.kernels = nf, 8, 3, kernels
+  m = models.build_models(c.model, c.data)
+  x = jnp.asarray(rec[f'{arch}/input'])
+  recorded = lambda name: traverse_util.unflatten_dict(
+      {tuple(k.split('/')[3:]): jnp.asarray(rec[k]) for k in rec.files
+       if k.startswith(f'{arch}/vars/{name}/')})
+  (zc, skips), _ = m['content_encoder'].apply(recorded('content_encoder'), x, train=True,
+                                              mutable=['batch_stats'])
+  zp, _ = m['pose_encoder'].apply(recorded('pose_encoder'), x, train=True,
+                                  mutable=['batch_stats'])
+  y, _ = m['decoder'].apply(recorded('decoder'), zc, zp, skips, train=True,
+                            mutable=['batch_stats'])
+  y_eval = m['decoder'].apply(recorded('decoder'), zc, zp, skips, train=False)
+  for name, value in (('z_c', zc), ('z_p', zp), ('frames_train', y), ('frames_eval', y_eval)):
+    np.testing.assert_allclose(value, rec[f'{arch}/{kernels}/out/{name}'], atol=1e-6,
+                               err_msg=name)
+  # A fresh init has the recorded tree, key by key, shape by shape, value by value (up to
+  # the last bit, which XLA's optimisation level may change).
+  fresh = {'content_encoder': m['content_encoder'].init(jax.random.key(2), x),
+           'pose_encoder': m['pose_encoder'].init(jax.random.key(3), x),
+           'decoder': m['decoder'].init(jax.random.key(4), zc, zp, skips)}
+  for name, variables in fresh.items():
+    flat = traverse_util.flatten_dict(variables, sep='/')
+    want = {k[len(f'{arch}/vars/{name}/'):] for k in rec.files
+            if k.startswith(f'{arch}/vars/{name}/')}
+    assert set(flat) == want, name
+    for k, v in flat.items():
+      np.testing.assert_allclose(v, rec[f'{arch}/vars/{name}/{k}'], rtol=1e-6, atol=1e-7,
+                                 err_msg=k)

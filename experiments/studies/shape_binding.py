@@ -48,7 +48,6 @@ import optax
 
 from mipae_jax import data, layers, models
 from mipae_jax.data import dsprites
-from mipae_jax.models import Dtype
 
 
 def add_coords(h):
@@ -66,13 +65,10 @@ class PooledContentEncoder(models.ContentEncoder):
   @nn.compact
   def __call__(self, x, train: bool = True):
     n = models.dcgan_num_blocks(x.shape[1])
-    kn = self.kernels
     h, skips = self.blocks(x, train)
-    h = layers.conv(self.dim, 1, 1, 'VALID', use_bias=False, dtype=self.dtype, kernels=kn,
-                    name=f'c{n + 1}_conv')(h)
+    h = self.ops.conv(self.dim, 1, 1, 'VALID', use_bias=False, name=f'c{n + 1}_conv')(h)
     h = jnp.max(h, axis=(1, 2), keepdims=True)
-    h = layers.batch_norm(train, self.axis_name, self.dtype, kernels=kn,
-                          name=f'c{n + 1}_bn')(h)
+    h = self.ops.norm(train, name=f'c{n + 1}_bn')(h)
     return jnp.tanh(h.astype(jnp.float32)).reshape(x.shape[0], self.dim), tuple(skips)
 
 
@@ -85,14 +81,12 @@ class VariantDecoder(nn.Module):
   nf: int = 64
   coords: bool = False
   film: bool = False
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, z_c, z_p, skips=None, train: bool = True):
     n = models.dcgan_num_blocks(self.image_size)
-    ax, dt, kn = self.axis_name, self.dtype, self.kernels
+    ops, dt = self.ops, self.ops.dtype
 
     def modulate(h, name):
       if not self.film:
@@ -101,20 +95,19 @@ class VariantDecoder(nn.Module):
                        [:, None, None, :], 2, axis=-1)
       return h * (1 + g) + b
 
-    h = layers.ProjectUp(self.nf * 2 ** (n - 1), 4, use_bias=False, dtype=dt, kernels=kn,
-                         name='upc1_conv')(jnp.concatenate([z_c, z_p], axis=-1))
-    h = layers.batch_norm(train, ax, dt, kernels=kn, name='upc1_bn')(h)
+    h = ops.project_up(self.nf * 2 ** (n - 1), 4, use_bias=False,
+                       name='upc1_conv')(jnp.concatenate([z_c, z_p], axis=-1))
+    h = ops.norm(train, name='upc1_bn')(h)
     h = layers.leaky_relu(modulate(h, 'upc1_film'))
     for i in range(n - 1):
       if self.coords:
         h = add_coords(h)
-      h = layers.UpConv4x4(self.nf * 2 ** (n - 2 - i), use_bias=False, dtype=dt, kernels=kn,
-                           name=f'upc{i + 2}_conv')(h)
-      h = layers.batch_norm(train, ax, dt, kernels=kn, name=f'upc{i + 2}_bn')(h)
+      h = ops.up4x4(self.nf * 2 ** (n - 2 - i), use_bias=False, name=f'upc{i + 2}_conv')(h)
+      h = ops.norm(train, name=f'upc{i + 2}_bn')(h)
       h = layers.leaky_relu(modulate(h, f'upc{i + 2}_film'))
     if self.coords:
       h = add_coords(h)
-    h = layers.UpConv4x4(self.channels, dtype=dt, kernels=kn, name=f'upc{n + 1}_conv')(h)
+    h = ops.up4x4(self.channels, name=f'upc{n + 1}_conv')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -124,21 +117,17 @@ class BroadcastDecoder(nn.Module):
   image_size: int = 64
   nf: int = 64
   depth: int = 3
-  axis_name: str | None = None
-  dtype: Dtype = jnp.float32
-  kernels: layers.Kernels = layers.XLA
+  ops: layers.Ops = layers.Ops()
 
   @nn.compact
   def __call__(self, z_c, z_p, skips=None, train: bool = True):
-    ax, dt, kn = self.axis_name, self.dtype, self.kernels
     g = self.image_size // 4
-    z = jnp.concatenate([z_c, z_p], axis=-1).astype(dt)
+    z = jnp.concatenate([z_c, z_p], axis=-1).astype(self.ops.dtype)
     h = add_coords(jnp.broadcast_to(z[:, None, None, :], (z.shape[0], g, g, z.shape[-1])))
     for i in range(self.depth):
-      h = models.VGGLayer(4 * self.nf, ax, dt, kn, name=f'bc{i + 1}')(h, train)
-    h = models.DCGANBlock(self.nf, up=True, axis_name=ax, dtype=dt, kernels=kn,
-                          name='upc1')(h, train)
-    h = layers.UpConv4x4(self.channels, dtype=dt, kernels=kn, name='upc2_conv')(h)
+      h = models.VGGLayer(4 * self.nf, ops=self.ops, name=f'bc{i + 1}')(h, train)
+    h = models.DCGANBlock(self.nf, up=True, ops=self.ops, name='upc1')(h, train)
+    h = self.ops.up4x4(self.channels, name='upc2_conv')(h)
     return jax.nn.sigmoid(h.astype(jnp.float32))
 
 
@@ -166,8 +155,10 @@ VARIANTS = {
 
 
 def register():
+  """Registers the variants once per process (the registry refuses a second time)."""
   for name, arch in VARIANTS.items():
-    models.register_architecture(name, arch)
+    if models.ARCHITECTURES.get(name) is not arch:
+      models.register_architecture(name, arch)
 
 
 def _one_hot(labels: np.ndarray, width: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from mipae_jax import errors
+from mipae_jax import errors, registry
 from mipae_jax.data.common import VideoSource
 
 __all__ = ['VideoSource', 'make_source', 'validate', 'Dataset', 'DATASETS', 'register']
@@ -37,13 +37,13 @@ class Dataset:
   check: Callable
 
 
-DATASETS: dict[str, Dataset] = {}
+DATASETS: registry.Registry[Dataset] = registry.Registry('config.data.name')
 
 
 def register(name: str, dataset: Dataset) -> Dataset:
-  """Makes `dataset` selectable as `config.data.name = name`."""
-  DATASETS[name] = dataset
-  return dataset
+  """Makes `dataset` selectable as `config.data.name = name`; refuses a name already
+  registered."""
+  return DATASETS.register(name, dataset)
 
 
 def fail(field: str, expected: str, found, fix: str):
