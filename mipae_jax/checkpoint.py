@@ -86,6 +86,26 @@ class LayoutMismatchError(errors.UserError, ValueError):
   version of mipae_jax or for another `config.model`); its files are intact."""
 
 
+class MissingFilesError(errors.UserError, FileNotFoundError):
+  """Files of a checkpoint were deleted or moved after it was saved."""
+
+
+# What a saved state directory holds besides its data files: their index and tree.
+_STATE_INDEX = ('_METADATA', 'manifest.ocdbt')
+
+
+def _missing_files(state_dir: str, error: BaseException) -> str | None:
+  """Which files of the saved state at `state_dir` are gone, given the error restoring
+  it; None when none is (the failure is something else)."""
+  gone = [n for n in _STATE_INDEX if not os.path.exists(os.path.join(state_dir, n))]
+  if 'NOT_FOUND' in errors.describe(error, limit=2000):
+    # TensorStore could not open a data file that the index names.
+    data_dirs = ['d'] + [n for n in sorted(os.listdir(state_dir)) if n.startswith('ocdbt.')]
+    gone += [f'{n}/' for n in data_dirs if not os.path.isdir(os.path.join(state_dir, n))]
+    gone = gone or ['data files its index names']
+  return ', '.join(gone) or None
+
+
 # ------------------------------------------------------------------------ Helpers.
 
 
@@ -465,6 +485,11 @@ class CheckpointStore:
               target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
           metadata=ocp.args.JsonRestore()))
     except ValueError as e:
+      missing = _missing_files(os.path.join(step_dir, 'state'), e)
+      if missing:
+        raise MissingFilesError(
+            f'{step_dir}/state has lost files since it was saved (deleted or moved): '
+            f'{missing}') from e
       difference = _layout_difference(os.path.join(step_dir, 'state'), abstract_state)
       if difference is None:
         raise
@@ -532,7 +557,10 @@ class CheckpointStore:
       return state, meta, candidate
     if not failures:
       raise CheckpointError(f'no complete checkpoint in {self.directory}')
-    if all(LayoutMismatchError.__name__ in f for f in failures):
+    if all(MissingFilesError.__name__ in f for f in failures):
+      advice = ('Files of these checkpoints are missing: put them back (from a copy or a '
+                'backup) and rerun, or start afresh with a new --workdir.')
+    elif all(LayoutMismatchError.__name__ in f for f in failures):
       advice = ('These checkpoints are intact but hold another parameter layout: keep '
                 'them for the code that wrote them, and start afresh with a new --workdir. '
                 '(Published PyTorch weights load through mipae_jax.convert.)')

@@ -41,14 +41,29 @@ def _refuse(error: BaseException, code: int = 2):
   sys.exit(code)
 
 
+_WRITES_TO: list[str] = []  # The folder the running tool writes to (`writes_to`).
+
+
+def writes_to(path: str) -> None:
+  """Names the folder this tool writes to, for a disk error whose OS error carries no
+  file name (a failed write or flush names none)."""
+  _WRITES_TO[:] = [os.path.abspath(os.path.expanduser(path))]
+
+
 def guarded(fn: Callable, *args, **kwargs):
-  """Calls `fn`; a `UserError` becomes its message on stderr and `sys.exit(code)`."""
+  """Calls `fn`; a `UserError`, or an OS error of the disk (full, read-only, not a
+  folder: `errors.disk_error`), becomes one line on stderr and `sys.exit(code)`."""
   try:
     return fn(*args, **kwargs)
   except errors.UserError as e:
     if verbose():
       raise
     _refuse(e, e.exit_code)
+  except Exception as e:  # noqa: BLE001 - only disk errors are caught, the rest re-raised.
+    disk = errors.disk_error(e, _WRITES_TO[0] if _WRITES_TO else None)
+    if disk is None or verbose():
+      raise
+    _refuse(disk, disk.exit_code)
 
 
 # ----------------------------------------------------------------- Config files.

@@ -41,6 +41,12 @@ class ConfigMismatchError(errors.UserError, ValueError):
   """The workdir was created with a different config than the one requested."""
 
 
+_DAMAGED_ADVICE = (
+    "the run's config record is damaged (truncated?). Restore it from a copy; or move it "
+    'aside (mv {path} {path}.damaged) and rerun mipae-train with the run\'s original '
+    '--config and overrides: it records them anew and resumes from the checkpoints.')
+
+
 def _config_dict(config) -> dict:
   """Plain, JSON round-tripped dict of a ConfigDict (tuples become lists, so saved and
   requested configs compare equal when they are)."""
@@ -60,9 +66,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       config = ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise errors.WorkdirError(
-        f'{path} cannot be read ({errors.first_line(str(e))}): the run\'s config is '
-        'damaged (truncated?). Restore it from a copy, or rerun mipae-train with the '
-        'original --config and overrides, which rewrites it.') from e
+        f'{path} cannot be read ({errors.first_line(str(e))}): ' + _DAMAGED_ADVICE.format(
+            path=path)) from e
   configuration.fill_added_fields(config)
   return config
 
@@ -97,8 +102,8 @@ def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
       saved = dict(configuration.leaves(json.load(f)))
   except (OSError, ValueError) as e:
     raise ConfigMismatchError(
-        f'{path} cannot be read ({e}); the workdir\'s config is unknown. Use a new '
-        '--workdir, or restore that file.') from e
+        f'{path} cannot be read ({errors.first_line(str(e))}): '
+        + _DAMAGED_ADVICE.format(path=path)) from e
   for field, value in configuration.ADDED_FIELDS.items():  # Added since: the old value.
     saved.setdefault(field, value)
   requested = dict(configuration.leaves(_config_dict(config)))

@@ -11,6 +11,9 @@ keeps working.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
   """Base: the message says what was wrong and how to fix it."""
@@ -91,3 +94,42 @@ def lost_peer(error: BaseException) -> bool:
       return True
     e = e.__cause__ or e.__context__
   return False
+
+
+# What the disk a command writes to can refuse, with how to fix it and the exit status: a
+# full disk is a run failure (1), a path that cannot be written is bad input (2). Not bugs,
+# so the tools print them in one line (`cli.guarded`) instead of a traceback.
+_DISK_ERRORS = {
+    errno.ENOSPC: ('free space on that disk (or point the command at another one)', 1),
+    errno.EDQUOT: ('free space within your disk quota (or write elsewhere)', 1),
+    errno.EROFS: ('the filesystem is read-only: choose a path on a writable disk', 2),
+    errno.EACCES: ('choose a path you may write to, or change its permissions', 2),
+    errno.EPERM: ('choose a path you may write to, or change its permissions', 2),
+    errno.ENOTDIR: ('a part of that path is a file, not a folder: choose another path', 2),
+    errno.EEXIST: ('it is a file, not a folder: choose another path', 2),
+}
+
+
+class DiskError(UserError, OSError):
+  """Writing a file failed on a condition of the disk (full, read-only, not permitted, a
+  file where a folder should be); `exit_code` 1 for a full disk, 2 for a bad path."""
+
+
+def disk_error(error: BaseException, where: str | None = None) -> DiskError | None:
+  """A one-line `DiskError` for `error` when it, or one in its chain, is an `OSError` of
+  the disk (`_DISK_ERRORS`); else None. `where`: the folder the command writes to, named
+  when the OS error carries no file name (a failed write or flush)."""
+  e, seen = error, set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+      fix, code = _DISK_ERRORS[e.errno]
+      path = e.filename or where
+      target = f'could not write {path}' if path else 'could not write to disk'
+      reason = e.strerror or os.strerror(e.errno)
+      out = DiskError(f'{target}: {reason}. To fix: {fix}, then rerun the same command; '
+                      'what was saved before is kept.')
+      out.exit_code = code
+      return out
+    e = e.__cause__ or e.__context__
+  return None

@@ -20,13 +20,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mipae_jax import errors
 
 METRICS_FILE = 'metrics.jsonl'
+UNREADABLE_SUFFIX = '.unreadable'  # Lines of METRICS_FILE that are no record, set aside.
 TENSORBOARD_DIR = 'tensorboard'
 
 
@@ -214,36 +215,54 @@ def zero_gradient_flags(records) -> dict:
   return out
 
 
-def drop_records_after(workdir: str, stage: str, step: int) -> int:
+class Dropped(NamedTuple):
+  """What `drop_records_after` took out of `metrics.jsonl`, in lines."""
+  redone: int  # Records of the stage past the resumed step: the run writes them again.
+  partial: int  # A last line cut off mid-write (a killed run): 0 or 1.
+  set_aside: int  # Other lines that are not one JSON record: moved to UNREADABLE_FILE.
+
+
+def drop_records_after(workdir: str, stage: str, step: int) -> Dropped:
   """Rewrites `workdir/metrics.jsonl` for a run resumed at `step` of `stage`: drops
-  that stage's records past `step` (they are redone, and would appear twice) and any
-  line that is not one whole JSON record (a run killed mid-write leaves a partial last
-  line, which the next append would glue to its first record). TensorBoard likewise
-  purges orphaned events on resume. Atomic (temp file + rename); returns lines dropped.
+  that stage's records past `step` (they are redone, and would appear twice) and a last
+  line cut off mid-write (which the next append would glue to its first record).
+  TensorBoard likewise purges orphaned events on resume. Any other line that is not one
+  JSON record (written there by hand or by another tool) is not the run's to delete: it
+  is appended to `metrics.jsonl.unreadable` beside it. Atomic (temp file + rename).
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    return 0
+    return Dropped(0, 0, 0)
   with open(path, 'rb') as f:
-    lines = f.read().split(b'\n')
-  kept, dropped = [], 0
-  for raw in lines:
+    text = f.read()
+  lines = text.split(b'\n')
+  last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+  kept, unreadable = [], []
+  redone = partial = 0
+  for i, raw in enumerate(lines):
     if not raw.strip():
       continue
     try:
       record = json.loads(raw)
-      ok = isinstance(record, dict) and not (record.get('stage') == stage
-                                             and int(record.get('step', 0)) > step)
+      if not isinstance(record, dict):
+        raise TypeError('not a record')
     except (ValueError, TypeError):
-      ok = False
-    if ok:
-      kept.append(raw.decode())
+      if i == last and not text.endswith(b'\n'):
+        partial += 1
+      else:
+        unreadable.append(raw.decode(errors='replace'))
+      continue
+    if record.get('stage') == stage and int(record.get('step', 0)) > step:
+      redone += 1
     else:
-      dropped += 1
-  if dropped:
+      kept.append(raw.decode())
+  if unreadable:
+    with open(path + UNREADABLE_SUFFIX, 'a') as f:
+      f.write(''.join(line + '\n' for line in unreadable))
+  if redone or partial or unreadable:
     from mipae_jax import workdir
     workdir.atomic_write_text(path, ''.join(line + '\n' for line in kept))
-  return dropped
+  return Dropped(redone, partial, len(unreadable))
 
 
 def read_records(workdir: str) -> list[dict]:

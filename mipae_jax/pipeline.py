@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -40,6 +41,8 @@ from mipae_jax import workdir as workdir_lib
 # Raised from the loop; importable from here as before.
 from mipae_jax.distributed import PeerLost, Preempted  # noqa: F401
 from mipae_jax.logger import (
+  METRICS_FILE,
+  UNREADABLE_SUFFIX,
   ZERO_FROM,
   MetricLogger,
   ProgressBar,
@@ -224,6 +227,24 @@ class _ZeroGradients:
                'one by one).', stage, self.unlogged)
 
 
+def close_all(*resources) -> None:
+  """Closes each of `resources`, all of them even if one fails. While an exception is
+  already on its way out (a failed save on a full disk), an error closing (the same full
+  disk failing the TensorBoard writer's flush) is logged, not raised: it would replace
+  the error that says what happened and what is kept. Otherwise the first one is raised."""
+  pending = sys.exc_info()[1]
+  first = None
+  for r in resources:
+    try:
+      r.close()
+    except Exception as e:  # noqa: BLE001 - re-raised below unless another is pending.
+      if pending is not None:
+        log.warning('closing %s failed too: %s', type(r).__name__, errors.describe(e))
+      first = first or e
+  if first is not None and pending is None:
+    raise first
+
+
 def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, data_key,
               step_key, num_steps: int, mesh, extra_args=(), trained_on: dict | None = None
               ) -> StageResult:
@@ -268,9 +289,15 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
     state = replicate_on_mesh(state, mesh)
   if distributed.is_chief():
     dropped = drop_records_after(workdir, stage, start)
-    if dropped:
-      log.info('%s: dropped %d line(s) of metrics.jsonl past step %d or incomplete, which '
-               'this run redoes.', stage, dropped, start)
+    if dropped.redone:
+      log.info('%s: dropped %d record(s) of metrics.jsonl past step %d, which this run '
+               'redoes.', stage, dropped.redone, start)
+    if dropped.partial:
+      log.info('%s: dropped the last line of metrics.jsonl, cut off mid-write by the run '
+               'that stopped.', stage)
+    if dropped.set_aside:
+      log.warning('%s: moved %d line(s) of metrics.jsonl that are not JSON records to '
+                  '%s%s.', stage, dropped.set_aside, METRICS_FILE, UNREADABLE_SUFFIX)
   metric_logger = MetricLogger(workdir, enabled=distributed.is_chief(), stage=stage)
   # The first step of a run compiles; the profile window starts after it.
   profiler = profiling.StepProfiler(os.path.join(workdir, 'profile', stage), start + 1,
@@ -331,9 +358,7 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
               f'{store.directory}. Run the same command again to resume.', signum)
     zero_grads.summary(stage)
   finally:
-    profiler.close()
-    metric_logger.close()
-    store.close()
+    close_all(profiler, metric_logger, store)
   return StageResult(state, step, time.time() - t0, step - start)
 
 
@@ -483,20 +508,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Refused before any compute: a bad config field (ConfigError), an unusable workdir or
   one another run holds (WorkdirError), a workdir made with another config
-  (ConfigMismatchError).
+  (ConfigMismatchError), data the config cannot read (DataError, DataNotFoundError).
+  The config is recorded only once all of these have passed, so a refused first run
+  leaves no record that would refuse the corrected command as "another config".
   """
   configuration.validate(config, num_devices=jax.device_count())
   with contextlib.ExitStack() as held:
     if distributed.is_chief():
       workdir_lib.prepare(workdir)
       held.enter_context(workdir_lib.RunLock(workdir))
-      if os.path.exists(os.path.join(workdir, config_record.CONFIG_FILE)):
-        config_record.check_config(workdir, config)
-        check_steps_not_lowered(workdir, config)
-      config_record.record_config(workdir, config)
+      config_record.check_config(workdir, config)
+      check_steps_not_lowered(workdir, config)
+    source = data.make_source(config.data)
+    if distributed.is_chief():
       if config.data.pipeline == 'tfds':
         check_dataset_record(workdir, config)
-    return _train_and_evaluate(config, workdir)
+      config_record.record_config(workdir, config)
+    return _train_and_evaluate(config, workdir, source)
 
 
 def check_steps_not_lowered(workdir: str, config) -> None:
@@ -541,10 +569,9 @@ def check_dataset_record(workdir: str, config) -> None:
   workdir_lib.atomic_write_text(path, json.dumps(current, indent=2) + '\n')
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _train_and_evaluate(config, workdir: str, source) -> dict:
   from mipae_jax import evaluate  # Heavy plotting imports only when evaluating.
 
-  source = data.make_source(config.data)
   mesh = parallel.local_mesh()
   timings = {}
   ae = train_autoencoder(config, workdir, source, mesh)

@@ -3,7 +3,9 @@
 `prepare(path)` creates the directory (or accepts an existing run directory) and refuses,
 in one line naming the path and the OS's reason, an empty path, a file, a directory that
 cannot be created or written, and a non-empty directory that is not a run (the user's
-own files, which a run would write beside and whose `metrics.jsonl` it would append to).
+own files, which a run would write beside and whose `metrics.jsonl` it would append to;
+a `config.json` that is not a run's record). A run whose record was moved aside (its
+checkpoints and logs only) is accepted: given its original config, it records it anew.
 
 `RunLock(path)` is an exclusive `flock` on `<workdir>/run.lock`, holding the holder's
 pid and host. The kernel drops it when the holder exits in any way (SIGKILL included),
@@ -25,6 +27,12 @@ LOCK_FILE = 'run.lock'
 # Files a run directory may hold before its config is recorded: the lock of a run that
 # stopped before writing config.json, and what `mipae-study` writes first.
 EARLY_FILES = frozenset({LOCK_FILE, 'study.log', 'study_time.json'})
+# Everything else a run writes. A directory holding its `checkpoints` and nothing but these
+# is a run that lost its config record: given the original config again, it resumes.
+RUN_FILES = EARLY_FILES | {'checkpoints', 'metrics.jsonl', 'metrics.jsonl.unreadable',
+                           'tensorboard', 'eval', 'profile', 'dataset.json'}
+# The sections every run's config record has: a config.json without them is not a run's.
+RECORD_SECTIONS = ('data', 'model', 'train')
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -73,8 +81,14 @@ def prepare(path: str) -> str:
     raise errors.WorkdirError(f'workdir {path} is not writable: {e.strerror} '
                               f'(errno {e.errno}). Make it writable or pass another '
                               '--workdir.') from e
-  entries = set(os.listdir(path))
-  if CONFIG_FILE not in entries and entries - EARLY_FILES:
+  entries = {e for e in os.listdir(path) if not e.startswith(CONFIG_FILE + '.')}
+  if CONFIG_FILE in entries and not _is_run_record(os.path.join(path, CONFIG_FILE)):
+    raise errors.WorkdirError(
+        f'workdir {path} is not a run directory: its {CONFIG_FILE} is not a config that '
+        f'mipae-train recorded (no {"/".join(RECORD_SECTIONS)} sections). A run would '
+        'write among its files: pass a new or empty --workdir.')
+  lost_record = 'checkpoints' in entries and entries <= RUN_FILES
+  if CONFIG_FILE not in entries and entries - EARLY_FILES and not lost_record:
     shown = sorted(entries - EARLY_FILES)
     more = f' (+{len(shown) - 5} more)' if len(shown) > 5 else ''
     raise errors.WorkdirError(
@@ -82,6 +96,19 @@ def prepare(path: str) -> str:
         f'holds {", ".join(shown[:5])}{more}. A run would write its checkpoints and logs '
         'among these files: pass a new or empty --workdir.')
   return path
+
+
+def _is_run_record(path: str) -> bool:
+  """Whether `path` is, or may be, a run's config record: True for one that cannot be
+  parsed (a run's record cut short is refused later, saying how to restore it)."""
+  import json
+
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return True
+  return isinstance(record, dict) and all(k in record for k in RECORD_SECTIONS)
 
 
 class RunLock:
@@ -109,8 +136,13 @@ class RunLock:
       raise errors.WorkdirError(
           f'{os.path.dirname(self.path)} is in use by another run ({holder}). One run per '
           'workdir: wait for it to finish, stop it, or pass another --workdir.') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
+    except OSError as e:  # A full disk: name the file (a write error names none).
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
+      raise OSError(e.errno, e.strerror, self.path) from None
     self._fd = fd
     return self
 

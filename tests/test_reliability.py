@@ -260,8 +260,9 @@ def test_mnist_npz_with_labels_not_one_per_image(tmp_path):
 def test_corrupt_config_record_refuses_to_resume(tmp_path):
   (tmp_path / config_record.CONFIG_FILE).write_text('{"batch_size": 8, "data": {')
   with pytest.raises(config_record.ConfigMismatchError,
-                     match=r"(?s)config\.json cannot be read .*config is unknown.*new "
-                           r'--workdir'):
+                     match=r"config\.json cannot be read .*damaged \(truncated\?\)\. "
+                           r'Restore it from a copy; or move it aside \(mv .*config\.json '
+                           r'.*config\.json\.damaged\) and rerun mipae-train'):
     pipeline.train_and_evaluate(tiny.get_config(), str(tmp_path))
 
 

@@ -68,7 +68,7 @@ def test_a_directory_of_the_users_own_files_is_refused(tmp_path):
     d = tmp_path / name
     d.mkdir()
     for f in files:
-      (d / f).write_text('{}')
+      (d / f).write_text('{"data": {}, "model": {}, "train": {}}')
     assert workdir.prepare(str(d)) == str(d)
 
 
@@ -104,10 +104,20 @@ def test_resume_drops_redone_records_and_a_partial_line(tmp_path):
   lines = [{'step': s, 'stage': 'ae', 'loss': 1.0 / s} for s in (1, 2, 3, 4)]
   lines.insert(2, {'step': 2, 'stage': 'eval', 'mig': 0.5})
   path.write_text(''.join(json.dumps(x) + '\n' for x in lines) + '{"step": 5, "sta')
-  assert logger.drop_records_after(str(tmp_path), 'ae', 2) == 3  # Steps 3, 4, the partial.
+  assert logger.drop_records_after(str(tmp_path), 'ae', 2) == (2, 1, 0)  # 3, 4, partial.
   assert [(x['stage'], x['step']) for x in logger.read_records(str(tmp_path))] == [
       ('ae', 1), ('ae', 2), ('eval', 2)]
-  assert logger.drop_records_after(str(tmp_path), 'lstm', 0) == 0
+  assert logger.drop_records_after(str(tmp_path), 'lstm', 0) == (0, 0, 0)
+
+
+def test_resume_sets_aside_a_line_that_is_not_a_record_instead_of_deleting_it(tmp_path):
+  path = tmp_path / logger.METRICS_FILE
+  path.write_text('{"step": 1, "stage": "ae"}\nmy note: lr looked high\n'
+                  '{"step": 2, "stage": "ae"}\n')
+  assert logger.drop_records_after(str(tmp_path), 'ae', 2) == (0, 0, 1)
+  assert [x['step'] for x in logger.read_records(str(tmp_path))] == [1, 2]
+  aside = tmp_path / (logger.METRICS_FILE + logger.UNREADABLE_SUFFIX)
+  assert aside.read_text() == 'my note: lr looked high\n'
 
 
 def _step_fn(values):

@@ -59,6 +59,7 @@ def _main(flags_):
   from mipae_jax import convert
 
   cli.setup_logging()
+  cli.writes_to(flags_.out)
   written = convert.write_run_directory(flags_.config, flags_.out, flags_.checkpoint,
                                         flags_.lstm_checkpoint)
   print(summary(written))

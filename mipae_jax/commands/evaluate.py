@@ -38,6 +38,7 @@ def main(argv=None):
 
   def run(_):
     cli.setup_logging()
+    cli.writes_to(flags_.workdir)
     results = evaluate.evaluate_workdir(flags_.workdir, [*overrides, *flags_.override],
                                         allow_stale_lstm=flags_.allow_stale_lstm)
     evaluate.print_summary(flags_.workdir, results)

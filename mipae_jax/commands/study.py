@@ -263,6 +263,12 @@ def main(argv=None) -> int:
   except (errors.UserError, ValueError) as e:
     print(f'[study] {e}', file=sys.stderr, flush=True)
     return getattr(e, 'exit_code', 2)
+  except OSError as e:  # Writing the study's tables onto a full or read-only disk.
+    disk = errors.disk_error(e, args.workdir)
+    if disk is None:
+      raise
+    print(f'[study] {disk}', file=sys.stderr, flush=True)
+    return disk.exit_code
   for m, e in results['methods'].items():
     mig = e.get('mig', {})
     print(f'[study] {m}: MIG {mig.get("mean", float("nan")):.4f} ± '

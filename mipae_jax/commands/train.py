@@ -37,6 +37,7 @@ def _main(flags_):
   from mipae_jax import distributed, evaluate, pipeline
 
   cli.setup_logging()
+  cli.writes_to(flags_.workdir)
   if flags_.coordinator or flags_.num_processes:
     distributed.initialize_distributed(flags_.coordinator, flags_.num_processes,
                                        flags_.process_id)

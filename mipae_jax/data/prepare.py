@@ -61,6 +61,7 @@ def _main(flags_):
   from mipae_jax import cli, data
 
   cli.setup_logging()
+  cli.writes_to(flags_.data_dir)
   c = flags_.config
   data.validate_stream_fields(c.data)
   name = prepare(c.data, flags_.data_dir, flags_.train_videos, flags_.test_videos)

@@ -145,6 +145,7 @@ def main(argv=None):
   parser.add_argument('--split', default='test', choices=['train', 'test'])
   parser.add_argument('--verbose', action='store_true', help='Tracebacks with errors.')
   args = parser.parse_args(argv)
+  cli.writes_to(args.out)
   cli.guarded(_build, args)
 
 

@@ -117,7 +117,32 @@ def open_prepared(data_config):
   for split in ('train', 'test'):
     if split not in sources or not len(sources[split]):
       raise errors.DataError(f'the prepared dataset at {path} has no {split!r} split. {fix}')
-  return sources, info
+  return {s: Records(sources[s], path, prepare_command(d)) for s in ('train', 'test')}, info
+
+
+class Records:
+  """One split's records (`len`, `[i]`), as TFDS's data source gives them. A record
+  whose file can no longer be read (the prepared dataset deleted or moved during a run)
+  is refused in one line naming the dataset, instead of array_record's `open() failed`."""
+
+  def __init__(self, source, path: str, prepare: str):
+    self._source, self._path, self._prepare = source, path, prepare
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, i):
+    try:
+      return self._source[i]
+    except (RuntimeError, OSError) as e:
+      gone = not os.path.isdir(self._path)
+      raise errors.DataNotFoundError(
+          f'record {i} of the prepared dataset at {self._path} cannot be read '
+          f'({errors.first_line(str(e))}): '
+          + ('the dataset is gone (deleted or moved during the run). ' if gone else
+             'its files are damaged or were removed. ')
+          + f'Put it back, or build it again with `{self._prepare}`, and rerun the same '
+          'command: what the run saved is kept.') from e
 
 
 def record(data_config) -> dict:
