@@ -1,5 +1,6 @@
-"""A run's record of its config: `WORKDIR/config.json`, and the refusal to resume a
-workdir under another config.
+"""A run's records: its config (`WORKDIR/config.json`), with the refusal to resume a
+workdir under another config, and the prepared dataset a tfds run trains on
+(`WORKDIR/dataset.json`, `check_dataset_record`).
 
 `record_config` writes the resolved config (atomically) when a run starts or resumes,
 `load_config` reads it back;
@@ -121,3 +122,24 @@ def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
         'overrides) as the original run. Fields that may change on resume: '
         + ', '.join(allowed) + '.')
   return True
+
+
+DATASET_FILE = 'dataset.json'
+
+
+def check_dataset_record(workdir: str, config) -> None:
+  """Records which prepared dataset (name, version, split sizes) a tfds run trains on,
+  and refuses (DataError) to go on with another one."""
+  from mipae_jax.data import tfds_source
+  current = tfds_source.record(config.data)
+  path = os.path.join(workdir, DATASET_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    if recorded != current:
+      raise errors.DataError(
+          f'{workdir} was trained on the prepared dataset {recorded}, not on {current} '
+          f'(config.data.tfds_name / data_dir). Point them at the dataset the run started '
+          'with, or start a new workdir.')
+    return
+  workdir_lib.atomic_write_text(path, json.dumps(current, indent=2) + '\n')

@@ -9,6 +9,7 @@ import ml_collections
 
 from mipae_jax import data, errors, losses, models
 from mipae_jax.configs import default as default_config
+from mipae_jax.metrics import fvd
 
 DTYPES = ('float32', 'bfloat16')
 MIG_ESTIMATORS = ('probe', 'paper')
@@ -25,7 +26,8 @@ ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weig
                 'data.tfds_name': '', 'data.data_dir': '', 'eval.test_seq': '',
                 'eval.lpips': '', 'eval.analogy_videos': 0, 'eval.mig_estimator': 'probe',
                 'eval.paper_protocol': True, 'eval.knn_content_mode': 'continuous',
-                'eval.knn_pose_mode': 'continuous'}
+                'eval.knn_pose_mode': 'continuous', 'eval.fvd_videos': 0,
+                'eval.fvd_resize': 'tf1'}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -202,6 +204,17 @@ def validate(config, num_devices: int = 1) -> None:
     _fail('eval.lpips', config.eval.lpips,
           f"'' for data.image_size={d.image_size}: LPIPS's networks need frames of at "
           'least 32 pixels')
+  _non_negative_int(config, 'eval.fvd_videos')
+  if config.eval.fvd_videos == 1:
+    _fail('eval.fvd_videos', 1, '0 (off) or at least 2: the distance compares covariances')
+  clip = d.input_frames + config.eval.future_frames
+  if config.eval.fvd_videos and clip < fvd.MIN_FRAMES:
+    _fail('eval.fvd_videos', config.eval.fvd_videos,
+          f'0 for clips of {d.input_frames} context + {config.eval.future_frames} predicted '
+          f"= {clip} frames: FVD's I3D needs at least {fvd.MIN_FRAMES} (raise "
+          'eval.future_frames, or data.input_frames)')
+  if config.eval.fvd_resize not in fvd.RESIZES:
+    _fail('eval.fvd_resize', config.eval.fvd_resize, f'one of {fvd.RESIZES}')
   if not isinstance(config.eval.paper_protocol, bool):
     _fail('eval.paper_protocol', config.eval.paper_protocol, 'True or False')
   for field in ('knn_content_mode', 'knn_pose_mode'):

@@ -44,7 +44,7 @@ from flax import traverse_util
 from mipae_jax import config_record, configuration, errors, train
 from mipae_jax.checkpoint import CheckpointStore
 from mipae_jax.models import build_models, dcgan_num_blocks, uses_skips
-from mipae_jax.pipeline import autoencoder_record
+from mipae_jax.runs import autoencoder_record
 
 # Published checkpoint names -> mipae_jax names.
 ALIASES = {'position_encoder': 'pose_encoder', 'discriminator': 'critic'}

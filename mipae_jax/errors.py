@@ -102,11 +102,11 @@ def lost_peer(error: BaseException) -> bool:
 _DISK_ERRORS = {
     errno.ENOSPC: ('free space on that disk (or point the command at another one)', 1),
     errno.EDQUOT: ('free space within your disk quota (or write elsewhere)', 1),
-    errno.EROFS: ('the filesystem is read-only: choose a path on a writable disk', 2),
+    errno.EROFS: ('choose a path on a writable disk', 2),
     errno.EACCES: ('choose a path you may write to, or change its permissions', 2),
     errno.EPERM: ('choose a path you may write to, or change its permissions', 2),
     errno.ENOTDIR: ('a part of that path is a file, not a folder: choose another path', 2),
-    errno.EEXIST: ('it is a file, not a folder: choose another path', 2),
+    errno.EEXIST: ('that path is a file, not a folder: choose another path', 2),
 }
 
 

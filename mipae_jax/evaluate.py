@@ -31,15 +31,15 @@ from mipae_jax import (
   data,
   errors,
   logger,
-  pipeline,
   predict,
+  runs,
   train,
   visualize,
 )
 from mipae_jax.logger import MetricLogger
 from mipae_jax.metrics import image as image_metrics
+from mipae_jax.metrics import knn, probe
 from mipae_jax.metrics import mig as mig_metrics
-from mipae_jax.metrics import probe
 
 ENCODE_BATCH = 500
 # A held-out R^2 above this is bold as linear leakage in the report. A latent without the
@@ -104,7 +104,7 @@ def disentanglement(config, ae_variables, source) -> dict:
   out['probe'] = mig_metrics.probe_mig(z_c, z_p, content, pose, content_groups, pose_groups)
   if estimator == 'paper' or config.eval.paper_protocol:
     for field, f in (('knn_content_mode', content), ('knn_pose_mode', pose)):
-      once = int(np.sum(mig_metrics.joint_labels(f)[1] == 1))
+      once = int(np.sum(knn.joint_labels(f)[1] == 1))
       if config.eval[field] == 'discrete' and once:
         raise ValueError(
             f'config.eval.{field}=discrete (Ross) needs every joint label at least twice, '
@@ -214,6 +214,8 @@ def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict,
   keep = ('ssim_mean', 'ssim_ci95', 'psnr_mean', 'psnr_ci95', 'n_videos', 'protocol')
   out = {k: _jsonable(scores[k]) for k in keep}
   out.update(lpips_per_step(config.eval.get('lpips', ''), preds, videos[:, c:c + f]))
+  out.update(fvd_score(config.eval.get('fvd_videos', 0), videos[:, :c + f], preds,
+                       config.eval.get('fvd_resize', 'tf1')))
   return out, preds
 
 
@@ -243,6 +245,40 @@ def lpips_per_step(net: str, pred, true, batch: int = 50) -> dict:
           else np.zeros(scores.shape[1]))
   return {'lpips_mean': scores.mean(0).tolist(), 'lpips_ci95': ci95.tolist(),
           'lpips_net': net, 'lpips_protocol': lpips.PROTOCOL}
+
+
+def fvd_score(n: int, true, pred, resize: str = 'tf1') -> dict:
+  """FVD of the first `n` test videos as predicted against the same videos as they are:
+  clips of the context and the predicted frames against clips of the context and the true
+  frames (as SRVP scores it), so both sets hold the same conditioning frames.
+
+  Args:
+    n: clips (`eval.fvd_videos`; 0: off); at most the videos given are used.
+    true: test videos `[N, C + F, H, W, Ch]` in [0, 1], context then true future.
+    pred: predicted future frames `[N, F, H, W, Ch]`.
+    resize: 'tf1' (the original FVD's) or 'half_pixel'.
+  Returns:
+    `{'fvd', 'fvd_videos', 'fvd_frames', 'fvd_resize', 'fvd_protocol', 'fvd_seconds'}`, or
+    `{'fvd_skipped': reason}` when the weights are not installed, or {} when off.
+  """
+  if not n:
+    return {}
+  from mipae_jax.metrics import fvd
+
+  try:
+    params = fvd.load_weights()
+  except fvd.WeightsNotFoundError as e:
+    log.warning('FVD skipped: %s', e)
+    return {'fvd_skipped': str(e)}
+  t0 = time.time()
+  real = np.asarray(true[:n])
+  context = real.shape[1] - pred.shape[1]
+  fake = np.concatenate([real[:, :context], np.asarray(pred[:n])], axis=1)
+  log.info('FVD: I3D on 2 x %d clips of %d frames', len(real), real.shape[1])
+  value = fvd.fvd(params, real, fake, resize)
+  return {'fvd': value, 'fvd_videos': int(len(real)), 'fvd_frames': int(real.shape[1]),
+          'fvd_resize': resize, 'fvd_protocol': fvd.protocol(resize),
+          'fvd_seconds': round(time.time() - t0, 2)}
 
 
 def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: str) -> dict:
@@ -339,6 +375,8 @@ def log_to_tensorboard(workdir: str, results: dict) -> None:
     scalars['psnr_mean'] = float(np.mean(results['prediction']['psnr_mean']))
     if 'lpips_mean' in results['prediction']:
       scalars['lpips_mean'] = float(np.mean(results['prediction']['lpips_mean']))
+    if 'fvd' in results['prediction']:
+      scalars['fvd'] = results['prediction']['fvd']
   if 'analogy' in results:
     scalars['analogy_content_accuracy'] = results['analogy']['content_accuracy']
   out_dir = os.path.join(workdir, 'eval')
@@ -518,6 +556,12 @@ def render_report(config, results: dict) -> str:
         *([f'LPIPS (lower is better; ± a 95% interval over videos): {p["lpips_protocol"]}',
            ''] if 'lpips_mean' in p else []),
         *([f'LPIPS not computed: {p["lpips_skipped"]}', ''] if 'lpips_skipped' in p else []),
+        *([f'FVD: **{p["fvd"]:.1f}** (lower is better) over the first {p["fvd_videos"]} of '
+           f'these videos, clips of {p["fvd_frames"]} frames: the context and the predicted '
+           f'frames against the context and the true ones.', '',
+           f'FVD protocol: {p["fvd_protocol"]}', '']
+          if 'fvd' in p else []),
+        *([f'FVD not computed: {p["fvd_skipped"]}', ''] if 'fvd_skipped' in p else []),
         '![ssim](ssim.png) ![psnr](psnr.png)',
         '',
         '![prediction](prediction.gif)',
@@ -563,8 +607,8 @@ def evaluate_workdir(workdir: str, overrides=(), allow_stale_lstm: bool = False)
     current = cli.field_value(config, field)
     config.eval[field[len('eval.'):]] = cli.parse_value(field, text, current)
   configuration.validate(config, num_devices=1)
-  ae_state = pipeline.restore_autoencoder(config, workdir)
-  lstm_state = pipeline.restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
+  ae_state = runs.restore_autoencoder(config, workdir)
+  lstm_state = runs.restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
   return evaluate(config, workdir, ae_state, lstm_state, timings=recorded_timings(workdir))
 
 
@@ -593,6 +637,9 @@ def print_summary(workdir: str, results: dict) -> None:
     if 'lpips_mean' in p:
       print(f'LPIPS ({p["lpips_net"]}) per future step: '
             f'{" ".join(f"{v:.3f}" for v in p["lpips_mean"])}')
+    if 'fvd' in p:
+      print(f'FVD {p["fvd"]:.1f} ({p["fvd_videos"]} clips of {p["fvd_frames"]} frames, '
+            f'{p["fvd_resize"]} resize)')
   for w in results.get('warnings', ()):
     if w['kind'] != 'mig_samples':  # That one was logged as the evaluation began.
       print(f'Warning: {w["message"]}')

@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +36,10 @@ from mipae_jax import (
   errors,
   parallel,
   profiling,
+  runs,
   train,
 )
 from mipae_jax import workdir as workdir_lib
-
-# Raised from the loop; importable from here as before.
-from mipae_jax.distributed import PeerLost, Preempted  # noqa: F401
 from mipae_jax.logger import (
   METRICS_FILE,
   UNREADABLE_SUFFIX,
@@ -52,6 +52,8 @@ from mipae_jax.logger import (
 )
 
 log = logging.getLogger(__name__)
+
+DATA_ITERATOR = 'data_iterator'  # Checkpoint metadata key of a batch source's state.
 
 
 @dataclasses.dataclass
@@ -95,13 +97,36 @@ def _place_from_host(tree, sharding):
   return jax.tree.map(put, tree)
 
 
-def stage_batches(config, source, mesh, stage: str, num_steps: int):
-  """The batches of a stage: `make_batch_fn`'s for the stream, a `TrainBatches` reader of
-  the prepared train split for `config.data.pipeline='tfds'`."""
+@dataclasses.dataclass
+class KeyedBatches:
+  """The batches of a stream: step s's batch is `sample(fold_in(key, s))`, a pure function
+  of the step, so resuming needs no state. One of the two batch sources `run_stage`
+  takes, with `data.tfds_source.TrainBatches` (a reader whose position every checkpoint
+  holds); both answer `for_step`, `get_state`, `restore` and `epoch`."""
+  sample: Callable[[jax.Array], Any]  # `key -> global batch`.
+  key: jax.Array
+
+  def for_step(self, step: int):
+    return self.sample(jax.random.fold_in(self.key, step))
+
+  def get_state(self) -> None:
+    return None  # Nothing to save: the step number is the position.
+
+  def restore(self, state, step: int) -> None:
+    del state, step
+
+  def epoch(self, step: int) -> None:
+    del step
+    return None  # A stream has no epochs.
+
+
+def stage_batches(config, source, mesh, stage: str, num_steps: int, key):
+  """The batches of a stage: the stream's (`make_batch_fn` folded with `key`), or a
+  `TrainBatches` reader of the prepared train split for `config.data.pipeline='tfds'`."""
   if config.data.pipeline == 'tfds':
     from mipae_jax.data import tfds_source
     return tfds_source.TrainBatches(config, source.sources['train'], mesh, stage, num_steps)
-  return make_batch_fn(config, source, mesh, stage)
+  return KeyedBatches(make_batch_fn(config, source, mesh, stage), key)
 
 
 def make_batch_fn(config, source, mesh, stage: str):
@@ -137,13 +162,6 @@ def _host_metrics(metrics):
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def autoencoder_record(ae_state) -> dict:
-  """What an LSTM checkpoint records of the autoencoder it was trained on: its step and
-  the digest of its frozen variables (parameters and BatchNorm statistics)."""
-  return {'ae_step': int(np.asarray(jax.device_get(ae_state.step))),
-          'ae_digest': checkpoint.state_digest(train.autoencoder_variables(ae_state))}
-
-
 def _set_aside(store, reason: str):
   """Moves a stage's checkpoints to `<dir>.stale-<n>` (nothing is deleted) and returns a
   fresh store of the same stage."""
@@ -161,16 +179,6 @@ def _set_aside(store, reason: str):
               '%s).', store.stage, reason, aside)
   return checkpoint.CheckpointStore(store.workdir, store.stage, keep=store.keep,
                                     enabled=store.enabled)
-
-
-def _stale_reason(meta: dict, record: dict) -> str | None:
-  """Why a checkpoint trained on `meta['trained_on']` does not fit `record`, or None."""
-  old = meta.get('trained_on')
-  if old is None or old == record:
-    return None
-  return (f'its checkpoint was trained on the autoencoder at step {old.get("ae_step")} '
-          f'(digest {str(old.get("ae_digest"))[:12]}), and the autoencoder is now at step '
-          f'{record["ae_step"]} (digest {record["ae_digest"][:12]})')
 
 
 class _ZeroGradients:
@@ -245,25 +253,23 @@ def close_all(*resources) -> None:
     raise first
 
 
-def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, data_key,
-              step_key, num_steps: int, mesh, extra_args=(), trained_on: dict | None = None
-              ) -> StageResult:
+def run_stage(config, workdir: str, stage: str, init_state, step_fn, batches, step_key,
+              num_steps: int, mesh, trained_on: dict | None = None) -> StageResult:
   """The loop shared by both stages: restore, step, log, check, save.
 
   Args:
     init_state: a fresh state (used when the workdir has no checkpoint of `stage`).
-    step_fn: the jitted data-parallel step; called as
-      `step_fn(state, *extra_args, batch, step_key)`.
-    batch_fn: `key -> global batch`, given `fold_in(data_key, step)`; or a reader with
-      `for_step(step)`, `get_state()`, `restore(state, step)` and `epoch(step)`
-      (`data.tfds_source.TrainBatches`), whose state every checkpoint holds.
-    data_key, step_key: the stage's data stream and the root key its steps fold
-      their step number into.
+    step_fn: the jitted data-parallel step, `step_fn(state, batch, key) -> (state,
+      metrics)`.
+    batches: the stage's batch source: `for_step(step)` gives the global batch of a
+      step, `get_state()` what a checkpoint keeps of its position (None: nothing),
+      `restore(state, step)` puts it back, `epoch(step)` the pass over the data (None: a
+      stream). `KeyedBatches` and `data.tfds_source.TrainBatches` are the two.
+    step_key: the root key each step folds its step number into.
     trained_on: recorded in every checkpoint (the LSTM stage: `autoencoder_record`); a
       checkpoint recording another value is set aside and the stage starts afresh.
   """
   tc = config.train
-  reader = hasattr(batch_fn, 'for_step')
   several = jax.process_count() > 1
   # Every process opens the store and takes part in each save and restore.
   store = checkpoint.CheckpointStore(workdir, stage, keep=tc.keep_checkpoints)
@@ -276,11 +282,10 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(lambda: init_state))
     restored, meta, restored_step = store.restore(abstract)
-    reason = _stale_reason(meta, trained_on) if trained_on is not None else None
+    reason = runs.stale_reason(meta, trained_on) if trained_on is not None else None
     if reason is None:
       state, start = restored, restored_step
-      if reader:
-        batch_fn.restore(meta.get(DATA_ITERATOR), start)
+      batches.restore(meta.get(DATA_ITERATOR), start)
       log.info('%s: resumed from step %d in %s', stage, start, store.directory)
     else:
       store = _set_aside(store, reason)
@@ -312,10 +317,9 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           distributed.peer_failures(stage, lambda: step, store)):
       while step < num_steps:
         profiler.before_step(step)
-        batch = (batch_fn.for_step(step) if reader
-                 else batch_fn(jax.random.fold_in(data_key, step)))
+        batch = batches.for_step(step)
         t_call = time.perf_counter()
-        state, metrics = step_fn(state, *extra_args, batch, step_key)
+        state, metrics = step_fn(state, batch, step_key)
         step += 1
         if step == start + 1:
           # jit compiles within the first call, which returns once the step is
@@ -338,8 +342,9 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           last_metrics = _host_metrics(metrics)
           check_finite(step, last_metrics, stage, checkpoint_dir=store.directory,
                        saved_step=saved)
-          if reader:
-            last_metrics['epoch'] = batch_fn.epoch(step - 1)
+          epoch = batches.epoch(step - 1)
+          if epoch is not None:
+            last_metrics['epoch'] = epoch
           # A log interval whose gradient norms were all exactly 0 is recorded with them.
           zero = zero_grads.check(stage, step) if at_log else {}
           metric_logger.write_scalars(step, {**last_metrics, **zero})
@@ -348,9 +353,10 @@ def run_stage(config, workdir: str, stage: str, init_state, step_fn, batch_fn, d
           bar.update(step - shown, last_metrics)
           shown = step
         if at_ckpt:
-          reader_state = {DATA_ITERATOR: batch_fn.get_state()} if reader else {}
-          store.save(step, state, metadata={'metrics': last_metrics, **extra_metadata,
-                                            **reader_state})
+          position = batches.get_state()
+          store.save(step, state, metadata={
+              'metrics': last_metrics, **extra_metadata,
+              **({} if position is None else {DATA_ITERATOR: position})})
           saved = step
         if stopping:
           raise distributed.Preempted(
@@ -369,52 +375,10 @@ def train_autoencoder(config, workdir: str, source=None, mesh=None) -> StageResu
   source = data.make_source(config.data) if source is None else source
   step_fn = parallel.make_train_step(config, 'ae', 'shard_map', mesh)
   init = train.create_train_state(config, keys['ae_init'])
-  return run_stage(config, workdir, 'ae', init, step_fn,
-                   stage_batches(config, source, mesh, 'ae', config.train.ae_steps),
-                   keys['ae_data'], keys['ae_step'], config.train.ae_steps, mesh)
-
-
-def restore_autoencoder(config, workdir: str) -> train.AEState:
-  """The newest autoencoder checkpoint of `workdir` (error if there is none)."""
-  store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
-  try:
-    if store.latest_step() is None:
-      raise errors.NotARunError(
-          f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
-          f'need a trained autoencoder. Run `mipae-train --config=... '
-          f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
-    abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
-                              jax.random.key(0))
-    return store.restore(abstract)[0]
-  finally:
-    store.close()
-
-
-def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False):
-  """The newest LSTM state of `workdir`, or None if the stage has not run.
-
-  With `ae_state`, refuses (WorkdirError) an LSTM trained on another autoencoder than
-  `ae_state` (the autoencoder trained on after the LSTM stage ran), unless `allow_stale`.
-  """
-  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
-  try:
-    if store.latest_step() is None:
-      return None
-    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
-                              jax.random.key(0))
-    state, meta, step = store.restore(abstract)
-  finally:
-    store.close()
-  if ae_state is not None:
-    reason = _stale_reason(meta, autoencoder_record(ae_state))
-    if reason is not None and not allow_stale:
-      raise errors.WorkdirError(
-          f'the LSTM of {workdir} (step {step}) is stale: {reason}. Rerun the run\'s '
-          'mipae-train command to retrain it on this autoencoder, or evaluate the '
-          'pair anyway with --allow_stale_lstm.')
-    if reason is not None:
-      log.warning('Evaluating a stale LSTM (allowed): %s.', reason)
-  return state
+  batches = stage_batches(config, source, mesh, 'ae', config.train.ae_steps,
+                          keys['ae_data'])
+  return run_stage(config, workdir, 'ae', init, step_fn, batches, keys['ae_step'],
+                   config.train.ae_steps, mesh)
 
 
 # fold_in index of the code pool's key in the LSTM data stream (steps use 0, 1, ...).
@@ -468,7 +432,7 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
   mesh = parallel.local_mesh() if mesh is None else mesh
   source = data.make_source(config.data) if source is None else source
   if ae_state is None:
-    ae_state = restore_autoencoder(config, workdir)
+    ae_state = runs.restore_autoencoder(config, workdir)
   ae_variables = replicate_on_mesh(train.autoencoder_variables(ae_state), mesh)
   init = train.create_lstm_state(config, keys['lstm_init'])
   if config.data.pipeline == 'tfds':
@@ -482,9 +446,8 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
     log.info('lstm: encoded the %d train videos in %.1f s; training on their codes',
              codes['h_c'].shape[0], time.perf_counter() - t0)
     step_fn = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh)
-    batch_fn = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm',
-                                        config.train.lstm_steps, codes=codes)
-    extra = ()
+    batches = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm',
+                                       config.train.lstm_steps, codes=codes)
   elif config.lstm.code_pool:
     t0 = time.perf_counter()
     codes = encode_code_pool(config, source, ae_variables, mesh,
@@ -493,14 +456,15 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
     log.info('lstm: encoded a pool of %d videos in %.1f s; training on their codes',
              config.lstm.code_pool, time.perf_counter() - t0)
     step_fn = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh)
-    batch_fn, extra = make_code_batch_fn(config, codes, mesh), ()
+    batches = KeyedBatches(make_code_batch_fn(config, codes, mesh), keys['lstm_data'])
   else:
-    step_fn = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
-    batch_fn = stage_batches(config, source, mesh, 'lstm', config.train.lstm_steps)
-    extra = (ae_variables,)
-  return run_stage(config, workdir, 'lstm', init, step_fn, batch_fn, keys['lstm_data'],
-                   keys['lstm_step'], config.train.lstm_steps, mesh, extra_args=extra,
-                   trained_on=autoencoder_record(ae_state))
+    # The step encodes each batch with the frozen autoencoder, passed as an argument.
+    video_step = parallel.make_train_step(config, 'lstm', 'shard_map', mesh)
+    step_fn = lambda state, batch, key: video_step(state, ae_variables, batch, key)
+    batches = stage_batches(config, source, mesh, 'lstm', config.train.lstm_steps,
+                            keys['lstm_data'])
+  return run_stage(config, workdir, 'lstm', init, step_fn, batches, keys['lstm_step'],
+                   config.train.lstm_steps, mesh, trained_on=runs.autoencoder_record(ae_state))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -522,7 +486,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     source = data.make_source(config.data)
     if distributed.is_chief():
       if config.data.pipeline == 'tfds':
-        check_dataset_record(workdir, config)
+        config_record.check_dataset_record(workdir, config)
       config_record.record_config(workdir, config)
     return _train_and_evaluate(config, workdir, source)
 
@@ -544,29 +508,6 @@ def check_steps_not_lowered(workdir: str, config) -> None:
           f'--config.train.{field}={reached} (or more) to resume or re-evaluate it, or use '
           'a new --workdir for a shorter run.')
 
-
-DATASET_FILE = 'dataset.json'
-DATA_ITERATOR = 'data_iterator'  # Checkpoint metadata key of a reader's state.
-
-
-def check_dataset_record(workdir: str, config) -> None:
-  """Records which prepared dataset (name, version, split sizes) a tfds run trains on,
-  and refuses (DataError) to go on with another one."""
-  import json
-
-  from mipae_jax.data import tfds_source
-  current = tfds_source.record(config.data)
-  path = os.path.join(workdir, DATASET_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
-    if recorded != current:
-      raise errors.DataError(
-          f'{workdir} was trained on the prepared dataset {recorded}, not on {current} '
-          f'(config.data.tfds_name / data_dir). Point them at the dataset the run started '
-          'with, or start a new workdir.')
-    return
-  workdir_lib.atomic_write_text(path, json.dumps(current, indent=2) + '\n')
 
 
 def _train_and_evaluate(config, workdir: str, source) -> dict:

@@ -1,4 +1,10 @@
-"""A trained run, loaded for use: `load_run(workdir)` and the `Run` it returns.
+"""A trained run, read back: its checkpoints restored for readers, and `load_run(workdir)`.
+
+`restore_autoencoder` and `restore_lstm` restore a workdir's newest checkpoints (the
+evaluation, `load_run` and the LSTM stage use them); an LSTM checkpoint records the
+autoencoder it was trained on (`autoencoder_record`), and one trained on another than
+the workdir's is stale (`stale_reason`). This module imports neither the training loop
+(`pipeline`) nor the evaluation.
 
   import mipae_jax
   run = mipae_jax.load_run('runs/demo')              # config + networks + variables
@@ -15,13 +21,83 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from mipae_jax import compiler, config_record, errors, models, pipeline, predict, train
+from mipae_jax import checkpoint, compiler, config_record, errors, models, predict, train
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------- Restoring a run to read it.
+
+
+def autoencoder_record(ae_state) -> dict:
+  """What an LSTM checkpoint records of the autoencoder it was trained on: its step and
+  the digest of its frozen variables (parameters and BatchNorm statistics)."""
+  return {'ae_step': int(np.asarray(jax.device_get(ae_state.step))),
+          'ae_digest': checkpoint.state_digest(train.autoencoder_variables(ae_state))}
+
+
+def stale_reason(meta: dict, record: dict) -> str | None:
+  """Why a checkpoint trained on `meta['trained_on']` does not fit `record`, or None."""
+  old = meta.get('trained_on')
+  if old is None or old == record:
+    return None
+  return (f'its checkpoint was trained on the autoencoder at step {old.get("ae_step")} '
+          f'(digest {str(old.get("ae_digest"))[:12]}), and the autoencoder is now at step '
+          f'{record["ae_step"]} (digest {record["ae_digest"][:12]})')
+
+
+def restore_autoencoder(config, workdir: str) -> train.AEState:
+  """The newest autoencoder checkpoint of `workdir` (error if there is none)."""
+  store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
+  try:
+    if store.latest_step() is None:
+      raise errors.NotARunError(
+          f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
+          f'need a trained autoencoder. Run `mipae-train --config=... '
+          f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
+    abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
+                              jax.random.key(0))
+    return store.restore(abstract)[0]
+  finally:
+    store.close()
+
+
+def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False):
+  """The newest LSTM state of `workdir`, or None if the stage has not run.
+
+  With `ae_state`, refuses (WorkdirError) an LSTM trained on another autoencoder than
+  `ae_state` (the autoencoder trained on after the LSTM stage ran), unless `allow_stale`.
+  """
+  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
+  try:
+    if store.latest_step() is None:
+      return None
+    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
+                              jax.random.key(0))
+    state, meta, step = store.restore(abstract)
+  finally:
+    store.close()
+  if ae_state is not None:
+    reason = stale_reason(meta, autoencoder_record(ae_state))
+    if reason is not None and not allow_stale:
+      raise errors.WorkdirError(
+          f'the LSTM of {workdir} (step {step}) is stale: {reason}. Rerun the run\'s '
+          'mipae-train command to retrain it on this autoencoder, or evaluate the '
+          'pair anyway with --allow_stale_lstm.')
+    if reason is not None:
+      log.warning('Evaluating a stale LSTM (allowed): %s.', reason)
+  return state
+
+
+
+# ------------------------------------------------------------------ The loaded run.
 
 
 @functools.cache
@@ -128,8 +204,8 @@ def load_run(workdir: str, allow_stale_lstm: bool = False) -> Run:
     WorkdirError: its LSTM is stale (see `allow_stale_lstm`).
   """
   config = config_record.load_config(workdir)
-  ae_state = pipeline.restore_autoencoder(config, workdir)
-  lstm_state = pipeline.restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
+  ae_state = restore_autoencoder(config, workdir)
+  lstm_state = restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)
   variables = {'autoencoder': train.autoencoder_variables(ae_state),
                'critic': ae_state.critic.params,
                'lstm': None if lstm_state is None else lstm_state.lstm.params}

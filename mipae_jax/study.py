@@ -53,13 +53,14 @@ METRICS = (
     ('ssim_mean', 'SSIM (mean over steps)', True),
     ('psnr_mean', 'PSNR (mean over steps)', True),
     ('lpips_mean', 'LPIPS (mean over steps)', False),
+    ('fvd', 'FVD', False),
     ('analogy_accuracy', 'analogy accuracy', True),
     ('analogy_position_px', 'analogy position error (px)', False),
 )
 # Config fields that must agree between runs that are compared.
 MUST_AGREE = ('eval.mig_samples', 'eval.seed', 'eval.test_videos', 'eval.future_frames',
-              'eval.mig_estimator', 'eval.lpips', 'eval.analogy_videos', 'train.ae_steps',
-              'train.lstm_steps', 'data')
+              'eval.mig_estimator', 'eval.lpips', 'eval.analogy_videos', 'eval.fvd_videos',
+              'eval.fvd_resize', 'train.ae_steps', 'train.lstm_steps', 'data')
 
 
 # A run's directory: METHOD-sSEED (`run_name`).
@@ -223,6 +224,8 @@ def run_row(run_dir: str) -> dict:
                psnr_mean=float(np.mean(p['psnr_mean'])))
     if 'lpips_mean' in p:
       row.update(lpips=p['lpips_mean'], lpips_mean=float(np.mean(p['lpips_mean'])))
+    if 'fvd' in p:
+      row['fvd'] = p['fvd']
   if 'analogy' in m:
     row.update(analogy_accuracy=m['analogy']['content_accuracy'],
                analogy_position_px=m['analogy']['position_error_px'])

@@ -19,7 +19,7 @@ torch = pytest.importorskip(
 from test_convert import UNLOADABLE, write_unloadable  # noqa: E402
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from mipae_jax import cli, config_record, configs, convert, evaluate, pipeline  # noqa: E402
+from mipae_jax import cli, config_record, configs, convert, evaluate, runs  # noqa: E402
 from mipae_jax.commands import convert as convert_cli  # noqa: E402
 
 
@@ -83,14 +83,14 @@ def test_converted_run_directory_evaluates_as_a_trained_run(tmp_path, capsys):
   # The restored states hold exactly the converted weights, with fresh optimisers.
   params, stats = convert.from_torch_state_dict(
       {**convert.load_torch_checkpoint(ae), **convert.load_torch_checkpoint(lstm)}, config)
-  ae_state = pipeline.restore_autoencoder(config, out)
+  ae_state = runs.restore_autoencoder(config, out)
   assert int(ae_state.step) == 7
   assert_trees_equal(ae_state.model.params,
                      {k: params[k] for k in ('content_encoder', 'pose_encoder', 'decoder')})
   assert_trees_equal(ae_state.batch_stats, stats)
   assert_trees_equal(ae_state.critic.params, params['critic'])
   assert all(not np.any(x) for x in jax.tree.leaves(ae_state.model.opt_state))
-  lstm_state = pipeline.restore_lstm(config, out, ae_state)  # Refuses a stale LSTM.
+  lstm_state = runs.restore_lstm(config, out, ae_state)  # Refuses a stale LSTM.
   assert int(lstm_state.step) == config.train.lstm_steps
   assert_trees_equal(lstm_state.lstm.params, params['lstm'])
 

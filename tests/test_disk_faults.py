@@ -49,8 +49,9 @@ def test_a_full_disk_failing_the_log_close_does_not_hide_the_failed_save(tmp_pat
   init = {'w': jnp.zeros(3)}
   step_fn = lambda state, batch, key: ({'w': state['w'] + 1}, {'loss': jnp.float32(1.0)})
   with pytest.raises(checkpoint.CheckpointError, match='saving checkpoint step 1 failed'):
-    pipeline.run_stage(config, str(tmp_path), 'ae', init, step_fn, lambda key: None,
-                       jax.random.key(0), jax.random.key(1), 2, parallel.local_mesh())
+    pipeline.run_stage(config, str(tmp_path), 'ae', init, step_fn,
+                       pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
+                       jax.random.key(1), 2, parallel.local_mesh())
 
 
 def test_close_all_closes_every_resource_and_raises_only_when_nothing_else_is_raised():

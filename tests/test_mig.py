@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy import special
 
-from mipae_jax.metrics import mig
+from mipae_jax.metrics import knn, mig, validation
 
 N = 1500  # small enough for brute-force references, large enough for 10% accuracy
 
 
 def _naive_ksg(x, z, k=3):
   """O(N^2) KSG with the brute path's norms: max(|dx|_2, |dz|_2)."""
-  x, z = mig._standardise(x), mig._standardise(z)
+  x, z = knn.standardise(x), knn.standardise(z)
   n = len(x)
   dx = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
   dz = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
@@ -27,7 +27,7 @@ def _naive_ksg(x, z, k=3):
 
 def _naive_ross(y, z, k=3):
   """O(N^2) Ross (2014) estimator, Euclidean norm, every sample kept."""
-  z = mig._standardise(z)
+  z = knn.standardise(z)
   n = len(y)
   d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
@@ -39,7 +39,7 @@ def _naive_ross(y, z, k=3):
 
 @pytest.fixture(scope='module')
 def sprites():
-  return mig.sprite_like(N, seed=0)
+  return validation.sprite_like(N, seed=0)
 
 
 # ----------------------------------------------------------------------------- self-check cases
@@ -93,22 +93,22 @@ def test_discrete_mode_refuses_singleton_labels():
   rng = np.random.default_rng(0)
   labels = np.arange(200)  # every label once
   with pytest.raises(ValueError, match='once'):
-    mig.mi_discrete_continuous(labels, rng.standard_normal((200, 2)))
+    knn.mi_discrete_continuous(labels, rng.standard_normal((200, 2)))
 
 
 @pytest.mark.parametrize('dim,snr,backend', [(1, 1.0, 'tree'), (2, 3.0, 'tree'),
                                              (1, 9.0, 'brute'), (2, 1.0, 'brute')])
 def test_ksg_gaussian_channel(dim, snr, backend):
-  x, z, truth = mig.gaussian_channel(3000, dim, snr, seed=dim)
-  est = mig.mi_ksg(x, z, backend=backend)
+  x, z, truth = validation.gaussian_channel(3000, dim, snr, seed=dim)
+  est = knn.mi_ksg(x, z, backend=backend)
   assert est == pytest.approx(truth, rel=0.1)
 
 
 @pytest.mark.parametrize('classes,spacing,backend', [(4, 2.0, 'tree'), (8, 1.0, 'tree'),
                                                      (4, 2.0, 'brute')])
 def test_ross_label_channel(classes, spacing, backend):
-  y, z, truth = mig.label_channel(3000, classes, spacing, seed=classes)
-  est = mig.mi_discrete_continuous(y, z, backend=backend)
+  y, z, truth = validation.label_channel(3000, classes, spacing, seed=classes)
+  est = knn.mi_discrete_continuous(y, z, backend=backend)
   assert est == pytest.approx(truth, rel=0.1)
 
 
@@ -117,31 +117,31 @@ def test_brute_paths_match_naive_reference():
   n = 700
   x = rng.standard_normal((n, 3))
   z = np.hstack([x @ rng.standard_normal((3, 20)), 0.5 * rng.standard_normal((n, 20))])
-  assert mig.mi_ksg(x, z, backend='brute') == pytest.approx(_naive_ksg(x, z), abs=1e-9)
+  assert knn.mi_ksg(x, z, backend='brute') == pytest.approx(_naive_ksg(x, z), abs=1e-9)
   y = rng.integers(0, 5, n)
   zz = rng.standard_normal((5, 30))[y] + rng.standard_normal((n, 30))
   ref = _naive_ross(y, zz)
-  assert mig.mi_discrete_continuous(y, zz, backend='brute') == pytest.approx(ref, abs=1e-9)
-  assert mig.mi_discrete_continuous(y, zz, backend='tree') == pytest.approx(ref, abs=1e-9)
+  assert knn.mi_discrete_continuous(y, zz, backend='brute') == pytest.approx(ref, abs=1e-9)
+  assert knn.mi_discrete_continuous(y, zz, backend='tree') == pytest.approx(ref, abs=1e-9)
 
 
 def test_brute_pass_block_boundaries(monkeypatch):
   # Several row blocks, a partial last block, classes straddling blocks, two threads.
-  monkeypatch.setattr(mig, '_BLOCK_ROWS', 128)
+  monkeypatch.setattr(knn, '_BLOCK_ROWS', 128)
   rng = np.random.default_rng(4)
   n = 600
   y = rng.integers(0, 7, n)
   z = rng.standard_normal((7, 24))[y] + rng.standard_normal((n, 24))
-  assert mig.mi_discrete_continuous(y, z, backend='brute') == pytest.approx(
+  assert knn.mi_discrete_continuous(y, z, backend='brute') == pytest.approx(
       _naive_ross(y, z), abs=1e-9)
   x = rng.standard_normal((n, 2))
-  assert mig.mi_ksg(x, z, backend='brute') == pytest.approx(_naive_ksg(x, z), abs=1e-9)
+  assert knn.mi_ksg(x, z, backend='brute') == pytest.approx(_naive_ksg(x, z), abs=1e-9)
 
 
 def test_ksg_with_jitter_reduces_to_ross_on_populated_labels():
-  y, z, _ = mig.label_channel(3000, 4, 2.0, seed=5)
-  ross = mig.mi_discrete_continuous(y, z)
-  ksg = mig.mi_ksg(mig.jitter_factors(y, 1e-6), z)
+  y, z, _ = validation.label_channel(3000, 4, 2.0, seed=5)
+  ross = knn.mi_discrete_continuous(y, z)
+  ksg = knn.mi_ksg(knn.jitter_factors(y, 1e-6), z)
   assert ksg == pytest.approx(ross, abs=0.05)
 
 
@@ -152,22 +152,22 @@ def test_grassberger_entropy_uniform_label():
   rng = np.random.default_rng(0)
   m = 200
   labels = rng.integers(0, m, 1000)  # 5 samples per label on average
-  est = mig.entropy_grassberger(labels)
+  est = knn.entropy_grassberger(labels)
   assert est == pytest.approx(np.log(m), abs=0.1)
   # The plug-in estimate is visibly biased low at this sampling depth.
-  assert mig.entropy_plugin(labels) < est - 0.1
+  assert knn.entropy_plugin(labels) < est - 0.1
 
 
 def test_grassberger_joint_rows():
   f = np.array([[0, 0], [0, 1], [0, 0], [1, 1]])
-  assert mig.entropy_grassberger(f) == pytest.approx(
-      mig.entropy_grassberger(np.array([0, 1, 0, 2])))
+  assert knn.entropy_grassberger(f) == pytest.approx(
+      knn.entropy_grassberger(np.array([0, 1, 0, 2])))
 
 
 def test_ksg_self_entropy_populated_grid():
   rng = np.random.default_rng(1)
   f = rng.integers(0, 4, (4000, 2))  # 16 cells, ~250 samples each
-  assert mig.entropy_ksg_self(f) == pytest.approx(np.log(16), rel=0.05)
+  assert knn.entropy_ksg_self(f) == pytest.approx(np.log(16), rel=0.05)
 
 
 # ----------------------------------------------------------------------------- classic MIG
@@ -200,7 +200,7 @@ def test_classic_mig_entangled_latent_has_zero_gap():
 
 
 def test_selfcheck_cli_passes(capsys):
-  assert mig.main(['--selfcheck', '--knn_only', '--n', '1500']) == 0
+  assert validation.main(['--knn_only', '--n', '1500']) == 0
   out = json.loads(capsys.readouterr().out)
   assert all(case['ok'] for case in out.values())
   assert {'copy', 'independent', 'swapped', 'unique_pose_labels'} <= set(out)
@@ -209,8 +209,6 @@ def test_selfcheck_cli_passes(capsys):
 def test_selfcheck_cli_runs_the_probe_suite_and_fails_on_a_failed_check(monkeypatch, capsys):
   """The probe suite itself runs in tests/test_probe_mig.py; here only the CLI's wiring:
   its table is printed and one failed check makes the exit status 1."""
-  from mipae_jax.metrics import validation
-
   calls = []
 
   def fake_suite(n):
@@ -223,17 +221,18 @@ def test_selfcheck_cli_runs_the_probe_suite_and_fails_on_a_failed_check(monkeypa
     return res
 
   monkeypatch.setattr(validation, 'run_suite', fake_suite)
-  assert mig.main(['--selfcheck', '--n', '1500']) == 1
+  assert validation.main(['--n', '1500']) == 1
   assert calls == [1500]
   out = capsys.readouterr()
   assert '| leaky | 0.5 |' in out.out and 'probe:projection_2' in out.err
 
 
 def test_ross_chebyshev_norm_also_accurate():
-  y, z, truth = mig.label_channel(3000, 4, 2.0, seed=6)
+  y, z, truth = validation.label_channel(3000, 4, 2.0, seed=6)
   z2 = np.hstack([z, z + 0.5 * np.random.default_rng(0).standard_normal(z.shape)])
-  est_e = mig.mi_discrete_continuous(y, z2)
-  est_c = mig.mi_discrete_continuous(y, z2, norm='chebyshev')
+  est_e = knn.mi_discrete_continuous(y, z2)
+  est_c = knn.mi_discrete_continuous(y, z2, norm='chebyshev')
   assert est_c == pytest.approx(est_e, abs=0.05)
   with pytest.raises(ValueError):
-    mig.mi_discrete_continuous(y, z2, backend='brute', norm='chebyshev')
+    knn.mi_discrete_continuous(y, z2, backend='brute', norm='chebyshev')
+

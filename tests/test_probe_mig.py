@@ -12,7 +12,7 @@ from scipy import optimize, special
 from mipae_jax import data, evaluate, train
 from mipae_jax.configs import tiny
 from mipae_jax.data import dsprites
-from mipae_jax.metrics import mig, probe, validation
+from mipae_jax.metrics import knn, mig, probe, validation
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +21,7 @@ def suite():
   # one whose bound is hardest to reach (18 informative directions). Ideal, noise (the
   # probe learns nothing), swapped (ideal with the latents exchanged) and padded (ideal
   # plus noise columns) are estimated at 40,000 frames by the CLI suite only (`python -m
-  # mipae_jax.metrics.mig --selfcheck`); here that would cost minutes.
+  # mipae_jax.metrics.validation`); here that would cost minutes.
   return validation.run_suite(20_000, knn=False, twice=('leaky',))
 
 
@@ -106,7 +106,7 @@ def test_default_groups_when_a_dataset_says_nothing():
   big = np.random.default_rng(0).integers(0, 100, (5000, 2))  # 10,000 joint labels.
   assert len(probe.default_groups(big, max_joint=1000)) == 2
   res = mig.probe_mig(*validation.latents('ideal', 2000)[:2], content, pose)
-  assert res['H_fc'] == pytest.approx(probe.grassberger(content[:, 0]))
+  assert res['H_fc'] == pytest.approx(knn.entropy_grassberger(content[:, 0]))
 
 
 def test_dsprites_ceiling_counts_identical_renderings():

@@ -51,9 +51,9 @@ def test_reevaluation_keeps_training_timings(tmp_path, monkeypatch):
   # Everything but the timings' path through evaluate_workdir -> evaluate is stubbed.
   config = configs.get('tiny')
   monkeypatch.setattr(evaluate.config_record, 'load_config', lambda w: config)
-  monkeypatch.setattr(evaluate.pipeline, 'restore_autoencoder',
+  monkeypatch.setattr(evaluate.runs, 'restore_autoencoder',
                       lambda c, w: types.SimpleNamespace(step=2))
-  monkeypatch.setattr(evaluate.pipeline, 'restore_lstm', lambda c, w, ae, allow_stale: None)
+  monkeypatch.setattr(evaluate.runs, 'restore_lstm', lambda c, w, ae, allow_stale: None)
   monkeypatch.setattr(evaluate, 'data', types.SimpleNamespace(make_source=lambda c: None))
   stub_scoring(monkeypatch, evaluate, _mig())
 

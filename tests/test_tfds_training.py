@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mipae_jax import configuration, errors, parallel, pipeline
+from mipae_jax import config_record, configuration, errors, parallel, pipeline, train
 from mipae_jax.configs import tiny
 from mipae_jax.data import prepare, tfds_source
 
@@ -40,7 +40,7 @@ def test_both_stages_and_evaluation_run_from_the_prepared_dataset(prepared, tmp_
   workdir = str(tmp_path / 'run')
   results = pipeline.train_and_evaluate(config, workdir)
   assert results['ae_step'] == 2 and results['lstm_step'] == 2
-  with open(os.path.join(workdir, pipeline.DATASET_FILE)) as f:
+  with open(os.path.join(workdir, config_record.DATASET_FILE)) as f:
     assert json.load(f) == {'name': config.data.tfds_name, 'version': '1.0.0',
                             'splits': {'train': 12, 'test': 6}}
   records = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -119,11 +119,11 @@ def test_missing_partial_and_mismatched_datasets_are_refused(prepared, tmp_path)
   # A workdir refuses to go on with another prepared dataset.
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  (workdir / pipeline.DATASET_FILE).write_text(json.dumps(
+  (workdir / config_record.DATASET_FILE).write_text(json.dumps(
       {'name': 'mipae_moving_dsprites/other', 'version': '1.0.0',
        'splits': {'train': 99, 'test': 9}}))
   with pytest.raises(errors.DataError, match='was trained on the prepared dataset'):
-    pipeline.check_dataset_record(str(workdir), prepared)
+    config_record.check_dataset_record(str(workdir), prepared)
 
 
 def test_prepare_command_prints_the_overrides(tmp_path):
@@ -150,9 +150,9 @@ def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prep
   config = prepared
   mesh = parallel.local_mesh()
   source = tfds_source.TfdsVideos(config.data)
-  ae = pipeline.replicate_on_mesh(pipeline.train.autoencoder_variables(
-      pipeline.train.create_train_state(config, jax.random.key(0))), mesh)
-  encode = jax.jit(lambda a, v: pipeline.train.encode_for_lstm(config, a, v))
+  ae = pipeline.replicate_on_mesh(train.autoencoder_variables(
+      train.create_train_state(config, jax.random.key(0))), mesh)
+  encode = jax.jit(lambda a, v: train.encode_for_lstm(config, a, v))
   codes = tfds_source.encode_split(config, source.sources['train'], ae, mesh, encode)
   assert codes['h_p'].shape == (12, 4, config.model.pose_dim)
   videos = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm', 3)
@@ -160,7 +160,7 @@ def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prep
                                     codes=codes)
   video_step = parallel.make_train_step(config, 'lstm', 'shard_map', mesh, donate=False)
   code_step = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh, donate=False)
-  a = b = pipeline.replicate_on_mesh(pipeline.train.create_lstm_state(
+  a = b = pipeline.replicate_on_mesh(train.create_lstm_state(
       config, jax.random.key(1)), mesh)
   for step in range(3):
     a, am = video_step(a, ae, videos.for_step(step), jax.random.key(0))

@@ -14,7 +14,7 @@ from helpers import stub_scoring
 
 from mipae_jax import configs, evaluate, logger, parallel, pipeline
 from mipae_jax.configs import tiny
-from mipae_jax.data.common import FactorGroup
+from mipae_jax.factors import FactorGroup
 from mipae_jax.metrics import mig, probe
 
 # ------------------------------------------- 3. Negative mutual information, small samples.
@@ -141,9 +141,9 @@ def _run_lstm(tmp_path, num_steps, values, **train):
     return {'step': state['step'] + 1}, values(int(state['step']) + 1)
 
   init = {'step': jnp.zeros((), jnp.int32)}
-  return pipeline.run_stage(config, str(tmp_path), 'lstm', init, step_fn, lambda key: None,
-                            jax.random.key(0), jax.random.key(1), num_steps,
-                            parallel.local_mesh())
+  return pipeline.run_stage(config, str(tmp_path), 'lstm', init, step_fn,
+                            pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
+                            jax.random.key(1), num_steps, parallel.local_mesh())
 
 
 def _dies_after_step_one(s):

@@ -13,7 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mipae_jax import config_record, errors, evaluate, logger, parallel, pipeline, workdir
+from mipae_jax import (
+  config_record,
+  errors,
+  evaluate,
+  logger,
+  parallel,
+  pipeline,
+  runs,
+  workdir,
+)
 from mipae_jax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,8 +143,8 @@ def _run(tmp_path, num_steps, values, **train):
   config.train.update(train)
   init = {'step': jnp.zeros((), jnp.int32), 'w': jnp.zeros(3)}
   return pipeline.run_stage(config, str(tmp_path), 'ae', init, _step_fn(values),
-                            lambda key: None, jax.random.key(0), jax.random.key(1),
-                            num_steps, parallel.local_mesh())
+                            pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
+                            jax.random.key(1), num_steps, parallel.local_mesh())
 
 
 def test_a_resumed_run_writes_every_step_once_and_every_line_parses(tmp_path):
@@ -210,7 +219,7 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
                      match=r'LSTM of .* \(step 2\) is stale: its checkpoint was trained on '
                            r'the autoencoder at step 2 .* now at step 3 .*--allow_stale_lstm'):
     evaluate.evaluate_workdir(run)
-  assert pipeline.restore_lstm(config, run, ae.state, allow_stale=True) is not None
+  assert runs.restore_lstm(config, run, ae.state, allow_stale=True) is not None
   # ... and the LSTM stage retrains it from scratch, setting the old checkpoints aside.
   with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):
     new = pipeline.train_lstm(config, run)
@@ -221,7 +230,7 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
   pipeline.train_autoencoder(config, straight)
   reference = pipeline.train_lstm(config, straight)
   assert leaves_equal(new.state, reference.state)
-  assert pipeline.restore_lstm(config, run, ae.state) is not None  # Now a matching pair.
+  assert runs.restore_lstm(config, run, ae.state) is not None  # Now a matching pair.
 
 
 def test_a_resume_with_fewer_steps_than_reached_is_refused_and_the_record_kept(tmp_path):

@@ -17,14 +17,14 @@ import argparse
 import jax
 import numpy as np
 
-from mipae_jax import config_record, data, pipeline, predict, train, visualize
+from mipae_jax import config_record, data, predict, runs, train, visualize
 
 
 def pictures(workdir: str, num_videos: int = 3):
   """(rows [2V, T, H, W, C] alternating true / reconstructed, analogy grid
   [V + 1, T + 1, H, W, C]) at the newest autoencoder checkpoint of `workdir`."""
   config = config_record.load_config(workdir)
-  ae = train.autoencoder_variables(pipeline.restore_autoencoder(config, workdir))
+  ae = train.autoencoder_variables(runs.restore_autoencoder(config, workdir))
   source = data.make_source(config.data)
   videos = np.asarray(source.jit_sample_batch(jax.random.key(config.eval.seed),
                                               num_videos + 1, 'test')[0])

@@ -10,7 +10,6 @@ Conventions used throughout `mipae_jax.data`:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import gzip
 import zipfile
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mipae_jax import errors
+from mipae_jax.factors import FactorGroup  # The datasets name it common.FactorGroup.
 
 SPLITS = ('train', 'test')
 CANVAS = 64  # Every dataset renders at 64 x 64; smaller image sizes are area-averaged.
@@ -52,32 +52,6 @@ def reading(path: str, what: str, fix: str):
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise errors.DataError(f'{path}: cannot be read as {what}: {_unreadable_reason(e)}. '
                            f'{fix}') from e
-
-
-@dataclasses.dataclass(frozen=True)
-class FactorGroup:
-  """Factor columns that form one categorical variable, for the MIG's probes.
-
-  A dataset lists its content and pose factors as groups that are independent of each
-  other in the frames `sample_static` draws (e.g. one sprite's (shape, scale,
-  orientation), which the split draws as one combination; x; y; the front sprite).
-
-  Attributes:
-    name: shown in reports.
-    columns: indices into the content or pose factor table.
-    ordinal: one column of grid levels (positions): the probe may use their order.
-    levels: number of levels of an ordinal group (None: from the data).
-    entropy: H of the group (nats) under `sample_static`'s population, when known.
-    ceiling: I(group; image) (nats), < entropy where distinct values render to the same
-      image (a square turned by 90 degrees, the front order of sprites that do not
-      overlap); None when every value is visible (then the ceiling is the entropy).
-  """
-  name: str
-  columns: tuple[int, ...]
-  ordinal: bool = False
-  levels: int | None = None
-  entropy: float | None = None
-  ceiling: float | None = None
 
 
 class VideoSource:

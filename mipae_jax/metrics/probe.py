@@ -67,9 +67,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import special
 
-from mipae_jax.data.common import FactorGroup
+from mipae_jax.factors import FactorGroup
+from mipae_jax.metrics import knn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +101,8 @@ class ProbeConfig:
 DEFAULT = ProbeConfig()  # The setting every report uses.
 
 # The fewest frames at which the estimator is validated: its self-check
-# (`metrics.validation.run_suite`, run at 20,000 by `python -m mipae_jax.metrics.mig
-# --selfcheck` and by tests/test_probe_mig.py) finds every known-answer MIG within 0.05 at
+# (`metrics.validation.run_suite`, run at 20,000 by `python -m mipae_jax.metrics.validation`
+# and by tests/test_probe_mig.py) finds every known-answer MIG within 0.05 at
 # this N and within 0.05 of itself at 2N. Below it nothing says the bounds have settled:
 # they are looser and move with N and with the frames drawn (eval.seed), so MIs from
 # fewer frames are neither stable nor comparable with other runs'. Evaluation warns.
@@ -110,15 +110,6 @@ MIN_STABLE_SAMPLES = 20_000
 
 
 # ----------------------------------------------------------------------------- labels
-
-
-def grassberger(labels: np.ndarray) -> float:
-  """Grassberger (2003) entropy estimate (nats) of integer labels [N]."""
-  _, counts = np.unique(labels, return_counts=True)
-  n = counts.astype(np.float64)
-  g = special.digamma(n) + 0.5 * (-1.0) ** n * (
-      special.digamma((n + 1) / 2) - special.digamma(n / 2))
-  return float(np.log(n.sum()) - np.sum(n * g) / n.sum())
 
 
 def encode_groups(factors: np.ndarray, groups: Sequence[FactorGroup]):
@@ -438,7 +429,7 @@ def mi_lower_bound(z, factors, groups: Sequence[FactorGroup],
   out, total_h, total = {}, 0.0, 0.0
   for i, g in enumerate(groups):
     h, src = (g.entropy, 'population') if g.entropy is not None else (
-        grassberger(ids[:, i]), 'grassberger')
+        knn.entropy_grassberger(ids[:, i]), 'grassberger')
     mi = h - float(res['ce_test'][i])
     out[g.name] = {'H': h, 'H_source': src, 'ce': float(res['ce_test'][i]), 'mi': mi,
                    'best_epoch': int(res['best_epoch'][i])}
