@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench gpu-wheels lock clean
+.PHONY: install test test-full lint demo bench gpu-wheels lock clean
 
 DEMO_WORKDIR ?= workdirs/demo
+PRETRAINED ?= pretrained/moving_dsprites_two_sprites
 
 LOCK := requirements/lock.txt
 
@@ -28,9 +29,16 @@ test: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks
 	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 tests
 
-# Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate.
+# Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate; then draw
+# the shipped pretrained model (inference on a few videos) into the same report.
 demo: $(STAMP)
 	$(VENV)/bin/mipae-train --config=demo --workdir=$(DEMO_WORKDIR)
+	$(PY) -m mipae_jax.pretrained --model=$(PRETRAINED) --workdir=$(DEMO_WORKDIR)
+
+# The suite with its full-size trials too (tests marked `full`: the probe estimator's whole
+# self-check at 20,000 and 40,000 frames, ...): about as long again as `make test`.
+test-full: $(STAMP)
+	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 --full tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[bench]'

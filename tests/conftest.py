@@ -34,6 +34,26 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
+FULL_ENV = 'MIPAE_FULL_TESTS'
+
+
+def pytest_addoption(parser):
+  parser.addoption('--full', action='store_true', default=False,
+                   help='also run the full-size trials (tests marked `full`: minutes '
+                        f'each); {FULL_ENV}=1 does the same. `make test-full` passes it.')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Full-size trials (marked `full`) run only when asked: `make test` stays short, and
+  their smaller versions run in it."""
+  if config.getoption('--full') or os.environ.get(FULL_ENV, '') not in ('', '0'):
+    return
+  skip = pytest.mark.skip(reason=f'a full-size trial: run with --full (or {FULL_ENV}=1, '
+                                 'make test-full)')
+  for item in items:
+    if 'full' in item.keywords:
+      item.add_marker(skip)
+
 
 def _run(cmd, **kwargs) -> str:
   result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
