@@ -8,7 +8,7 @@
                     seeds, and each method's paired difference from the baseline (same
                     seed, hence the same data stream) with its interval and seed wins;
   DIR/results.md    the same as tables;
-  DIR/*.png         MIG per method (seeds as points, mean and interval), SSIM and PSNR
+  DIR/*.png         MIG per method (seeds as points, mean and interval), SSIM, PSNR, LPIPS
                     per future step with interval bands, training curves per method.
 
 Runs evaluated on different terms (frames for the MIG, test set, step counts, dataset)
@@ -383,7 +383,8 @@ def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[
   fig.savefig(os.path.join(study_dir, 'mig.png'))
   plt.close(fig)
   files.append('mig.png')
-  for curve, label in (('ssim', 'SSIM'), ('psnr', 'PSNR (dB)')):
+  for curve, label in (('ssim', 'SSIM'), ('psnr', 'PSNR (dB)'),
+                       ('lpips', 'LPIPS (lower is better)')):
     curves = {m: (e[curve]['mean'], np.nan_to_num(e[curve]['ci95']))
               for m, e in summary['methods'].items() if curve in e}
     if curves:

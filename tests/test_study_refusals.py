@@ -364,3 +364,4 @@ def test_the_study_carries_lpips_and_the_analogy_accuracy(tmp_path):
   with open(os.path.join(d, study.RESULTS_MD)) as f:
     text = f.read()
   assert 'analogy accuracy' in text and 'LPIPS (mean over steps)' in text
+  assert os.path.getsize(os.path.join(d, 'lpips.png')) > 1000  # Per step, with bands.
