@@ -134,7 +134,7 @@ class JaxLSTMCodes:
 
   def __init__(self, config, video):
     ae = train.create_train_state(config, jax.random.key(0))
-    h_c, h_p = jax.jit(lambda a, v: train.encode_for_lstm(config, a, v))(
+    h_c, h_p = jax.jit(train.lstm_encoder(config))(
         train.autoencoder_variables(ae), jnp.asarray(video))
     self.state = train.create_lstm_state(config, jax.random.key(2))
     self.batch = {'h_c': h_c, 'h_p': h_p}

@@ -32,9 +32,10 @@ def jit(fun, **kwargs):
 
 # Programs that run once (parameter initialisation): LLVM's level 1 instead of XLA's
 # default 2. Initialisation is ~20 threefry expansions (~370 fusions): level 2 spends
-# 4x longer compiling them, for a program that then runs for milliseconds. The values
-# are bit-identical at both levels (tests/test_train.py checks it), so a run's initial
-# parameters do not depend on this choice. `benchmarks/first_step.py` measures it.
+# far longer compiling them than the program then runs. The values are bit-identical at
+# both levels (tests/test_train.py checks it), so a run's initial parameters do not
+# depend on this choice. BENCHMARKS.md, "Time to the first step", has the timings
+# (`python -m benchmarks.first_step`).
 ONCE_OPTIONS = {'xla_backend_optimization_level': 1}
 
 

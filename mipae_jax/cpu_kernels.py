@@ -117,12 +117,12 @@ batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 #
 # The DCGAN networks are made of `Conv2d(4, stride=2, padding=1)` and its transpose.
 # XLA:CPU differentiates both badly when left to itself: the input gradient of the
-# strided convolution becomes an input-dilated convolution (2x slower than ours at
-# 32x32), and the transposed convolution's weight gradient runs at 3-13 GFLOP/s against
-# 120-190 here (`benchmarks/conv_backends.py`). The two operations are each other's input
-# gradient, so each gets a custom VJP that computes its input gradient as the other one
-# in its fast form. Both are exact; tests compare values and gradients with XLA's own
-# convolutions.
+# strided convolution becomes an input-dilated convolution, and the transposed
+# convolution's weight gradient runs far below the forward pass's rate (BENCHMARKS.md,
+# "Per-layer profile", by `python -m benchmarks.conv_backends`). The two operations are
+# each other's input gradient, so each gets a custom VJP that computes its input gradient
+# as the other one in its fast form. Both are exact; tests compare values and gradients
+# with XLA's own convolutions.
 
 # Output phase p of the transposed convolution (output row 2m + p) reads input rows
 # (m - 1 + p, m + p) with kernel rows `_PHASE_TAPS[p]`; `_PHASE_PAD[p]` pads the input

@@ -31,6 +31,7 @@ from mipae_jax import (
   data,
   errors,
   logger,
+  models,
   predict,
   runs,
   train,
@@ -56,7 +57,8 @@ def encode_static(config, ae_variables, source, n: int, seed: int):
 
   Returns (z_c [n, Dc], z_p [n, Dp], content [n, Kc], pose [n, Kp]) as numpy.
   """
-  encode = compiler.jit(lambda v, x: predict.encode_frames(config, v, x))
+  nets = models.networks(config)
+  encode = compiler.jit(lambda v, x: predict.encode_frames(nets, v, x))
   z_c, z_p, content, pose = [], [], [], []
   for images, c, p in source.iter_static(seed, n, chunk=10_000, split='test'):
     for s in range(0, len(images), ENCODE_BATCH):
@@ -199,7 +201,7 @@ def prediction_quality(config, ae_variables, lstm_params, videos) -> tuple[dict,
   Returns (metrics, predicted frames [N, F, H, W, C]).
   """
   c, f = config.data.input_frames, config.eval.future_frames
-  predictor = predict.make_predictor(config, f)
+  predictor = predict.make_predictor(models.networks(config), f)
   batch = min(100, len(videos))
   preds = []
   for s in range(0, len(videos), batch):
@@ -284,10 +286,11 @@ def fvd_score(n: int, true, pred, resize: str = 'tf1') -> dict:
 def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: str) -> dict:
   """Analogy grid, reconstructions and (with an LSTM) predictions; returns file names."""
   files = {}
+  nets = models.networks(config)
   rows = min(6, len(videos))
   # Analogy: content of frame 0 of videos 1..rows-1, poses of video 0.
   content_frames, pose_video = videos[1:rows, 0], videos[0]
-  grid = np.asarray(compiler.jit(lambda v, a, b: predict.analogies(config, v, a, b))(
+  grid = np.asarray(compiler.jit(lambda v, a, b: predict.analogies(nets, v, a, b))(
       ae_variables, content_frames, pose_video))
   blank = np.zeros_like(content_frames[:1])
   cells = np.concatenate([
@@ -296,7 +299,7 @@ def write_pictures(config, ae_variables, lstm_params, videos, preds, out_dir: st
   visualize.save_image_grid(cells, os.path.join(out_dir, 'analogy.png'))
   files['analogy'] = 'analogy.png'
 
-  rec = np.asarray(compiler.jit(lambda v, x: predict.reconstruct(config, v, x))(
+  rec = np.asarray(compiler.jit(lambda v, x: predict.reconstruct(nets, v, x))(
       ae_variables, videos[:rows // 2 or 1]))
   pairs = np.stack([videos[:len(rec)], rec], axis=1).reshape((-1,) + rec.shape[1:])
   visualize.save_filmstrip(pairs, os.path.join(out_dir, 'reconstruction.png'),

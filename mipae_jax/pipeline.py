@@ -396,7 +396,7 @@ def encode_code_pool(config, source, ae_variables, mesh, key) -> dict:
   """
   n, b = config.lstm.code_pool, config.batch_size
   videos = make_batch_fn(config, source, mesh, 'lstm')
-  encode = jax.jit(functools.partial(train.encode_for_lstm, config))
+  encode = jax.jit(train.lstm_encoder(config))
   h_c, h_p = [], []
   for i in range(-(-n // b)):
     c, p = encode(ae_variables, videos(jax.random.fold_in(key, i))['video'])
@@ -441,7 +441,7 @@ def train_lstm(config, workdir: str, ae_state: train.AEState | None = None, sour
     from mipae_jax.data import tfds_source
     t0 = time.perf_counter()
     codes = tfds_source.encode_split(config, source.sources['train'], ae_variables, mesh,
-                                     jax.jit(functools.partial(train.encode_for_lstm, config)))
+                                     jax.jit(train.lstm_encoder(config)))
     jax.block_until_ready(codes)
     log.info('lstm: encoded the %d train videos in %.1f s; training on their codes',
              codes['h_c'].shape[0], time.perf_counter() - t0)

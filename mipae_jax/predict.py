@@ -1,6 +1,8 @@
 """Inference with trained networks: frozen encoding, the pose LSTM's teacher-forced pass
 and rollout (one scan), frame prediction, reconstructions and analogies. Every function
-is pure and jit-compatible (`config` static); BatchNorm runs in inference mode.
+is pure and jit-compatible; it takes the `models.Networks` of the run (built once by the
+caller, closed over by its jitted function) and their variables, never the config.
+BatchNorm runs in inference mode.
 
 Training imports from here (the LSTM stage encodes videos and runs the LSTM the same
 way), never the other way round.
@@ -15,26 +17,26 @@ from jax import lax
 from mipae_jax import compiler, models
 
 
-def encode_video(config, ae_variables, video, content_frame: int):
+def encode_video(nets: models.Networks, ae_variables, video, content_frame: int):
   """Frozen encodings of a video batch (BatchNorm in inference mode).
 
   Args:
+    nets: the run's networks.
+    ae_variables: the autoencoder's `{'params', 'batch_stats'}`.
     video: `[B, T, H, W, C]`.
     content_frame: the frame whose content conditions the LSTM.
   Returns:
     (h_c [B, Dc], skips of that frame, h_p [B, T, Dp]).
   """
-  nets = models.networks(config)
   p, s = ae_variables['params'], ae_variables['batch_stats']
   h_c, skips = nets.content(p, s, video[:, content_frame])
   pose = lambda x: nets.pose(p, s, x)
   if jax.default_backend() == 'cpu':
     # One frame index at a time (`lax.map`, a loop in the program): activations of B
     # frames instead of B*T (0.4 GB at B=100) are smaller buffers to allocate and stay
-    # closer to cache. On a 2-core CPU the compiled LSTM step took 1.9-2.0 s this way
-    # against 2.44 s with one batch of B*T in one A/B, within noise of it in later ones.
-    # Accelerators want the one large batch. BatchNorm is in inference mode: the
-    # numbers are the same.
+    # closer to cache; on CPU it was faster than one batch of B*T in one A/B and within
+    # noise of it in later ones (BENCHMARKS.md, "What made it faster"). Accelerators want
+    # the one large batch. BatchNorm is in inference mode: the numbers are the same.
     h_p = jnp.swapaxes(lax.map(pose, jnp.swapaxes(video, 0, 1)), 0, 1)
   else:
     b, t = video.shape[:2]
@@ -42,7 +44,7 @@ def encode_video(config, ae_variables, video, content_frame: int):
   return h_c, skips, h_p
 
 
-def lstm_poses(config, lstm_params, h_c, h_p_given, num_free: int = 0):
+def lstm_poses(nets: models.Networks, lstm_params, h_c, h_p_given, num_free: int = 0):
   """The pose LSTM over a sequence: one step per given pose, then `num_free` steps that
   each read the previous prediction (the teacher-forced pass and the rollout are this
   one function).
@@ -54,7 +56,6 @@ def lstm_poses(config, lstm_params, h_c, h_p_given, num_free: int = 0):
   Returns:
     `[B, G + num_free, Dp]`: the prediction of each step (step t predicts frame t).
   """
-  nets = models.networks(config)
   apply = lambda carry, pose: nets.lstm_step(lstm_params, carry,
                                              jnp.concatenate([pose, h_c], axis=-1))
   carry, given = lax.scan(apply, nets.lstm.initial_carry(h_c.shape[0]),
@@ -71,18 +72,17 @@ def lstm_poses(config, lstm_params, h_c, h_p_given, num_free: int = 0):
   return jnp.concatenate(preds, axis=1)
 
 
-def lstm_teacher_forced(config, lstm_params, h_c, h_p):
+def lstm_teacher_forced(nets: models.Networks, lstm_params, h_c, h_p):
   """Teacher-forced pose predictions: `pred[:, t-1] = L(concat(h_p[:, t-1], h_c))`.
 
   Args: h_c `[B, Dc]`, h_p `[B, T, Dp]`. Returns `[B, T-1, Dp]` (predictions of 1..T-1).
   """
-  return lstm_poses(config, lstm_params, h_c, h_p[:, :-1])
+  return lstm_poses(nets, lstm_params, h_c, h_p[:, :-1])
 
 
-def _decode(config, ae_variables, h_c, skips, poses):
+def _decode(nets: models.Networks, ae_variables, h_c, skips, poses):
   """Frames for each pose of a sequence: `h_c [B, Dc]`, `poses [B, S, Dp]` ->
   `[B, S, H, W, C]`, every frame decoded with the same content (and skips)."""
-  nets = models.networks(config)
   b, s = poses.shape[:2]
   rep = lambda x: jnp.repeat(x, s, axis=0)  # [B, ...] -> [B * S, ...], video-major.
   frames = nets.decode(ae_variables['params'], ae_variables['batch_stats'], rep(h_c),
@@ -91,7 +91,7 @@ def _decode(config, ae_variables, h_c, skips, poses):
   return frames.reshape((b, s) + frames.shape[1:])
 
 
-def rollout_poses(config, lstm_params, h_c, h_p_context, num_future: int):
+def rollout_poses(nets: models.Networks, lstm_params, h_c, h_p_context, num_future: int):
   """Pose rollout (docs/method.md section 3, paper eq. 7).
 
   The LSTM reads the inferred poses of the conditioning frames, then its own
@@ -105,42 +105,42 @@ def rollout_poses(config, lstm_params, h_c, h_p_context, num_future: int):
     `[B, C - 1 + num_future, Dp]`: predicted poses of frames 1 .. C + num_future - 1
     (the first C - 1 are teacher-forced one-step predictions of known frames).
   """
-  return lstm_poses(config, lstm_params, h_c, h_p_context, num_future - 1)
+  return lstm_poses(nets, lstm_params, h_c, h_p_context, num_future - 1)
 
 
-def predict_video(config, ae_variables, lstm_params, context, num_future: int):
+def predict_video(nets: models.Networks, ae_variables, lstm_params, context, num_future: int):
   """Predicts `num_future` frames after `context [B, Tc, H, W, C]` (Tc conditioning frames).
 
   Returns `{'frames': [B, F, H, W, C], 'poses': [B, F, Dp]}` for the future frames.
   """
   num_context = context.shape[1]
-  h_c, skips, h_p = encode_video(config, ae_variables, context, num_context - 1)
-  poses = rollout_poses(config, lstm_params, h_c, h_p, num_future)[:, num_context - 1:]
-  return {'frames': _decode(config, ae_variables, h_c, skips, poses), 'poses': poses}
+  h_c, skips, h_p = encode_video(nets, ae_variables, context, num_context - 1)
+  poses = rollout_poses(nets, lstm_params, h_c, h_p, num_future)[:, num_context - 1:]
+  return {'frames': _decode(nets, ae_variables, h_c, skips, poses), 'poses': poses}
 
 
-def reconstruct(config, ae_variables, video, content_frame: int = 0):
+def reconstruct(nets: models.Networks, ae_variables, video, content_frame: int = 0):
   """`D(E_c(x[content_frame]), E_p(x[t]))` for every t: `[B, T, H, W, C]`."""
-  h_c, skips, h_p = encode_video(config, ae_variables, video, content_frame)
-  return _decode(config, ae_variables, h_c, skips, h_p)
+  h_c, skips, h_p = encode_video(nets, ae_variables, video, content_frame)
+  return _decode(nets, ae_variables, h_c, skips, h_p)
 
 
-def analogies(config, ae_variables, content_frames, pose_video):
+def analogies(nets: models.Networks, ae_variables, content_frames, pose_video):
   """Content of each frame in `content_frames [R, H, W, C]` rendered with every pose of
   `pose_video [S, H, W, C]`: `[R, S, H, W, C]`. Good disentanglement keeps each row's
   objects (shape, colour, digit) and each column's positions."""
-  h_c, skips, _ = encode_video(config, ae_variables, content_frames[:, None], 0)
-  _, _, h_p = encode_video(config, ae_variables, pose_video[None], 0)
+  h_c, skips, _ = encode_video(nets, ae_variables, content_frames[:, None], 0)
+  _, _, h_p = encode_video(nets, ae_variables, pose_video[None], 0)
   poses = jnp.broadcast_to(h_p, (content_frames.shape[0],) + h_p.shape[1:])
-  return _decode(config, ae_variables, h_c, skips, poses)
+  return _decode(nets, ae_variables, h_c, skips, poses)
 
 
-def encode_frames(config, ae_variables, frames):
+def encode_frames(nets: models.Networks, ae_variables, frames):
   """Latents of single frames `[N, H, W, C]` -> (z_c [N, Dc], z_p [N, Dp])."""
-  h_c, _, h_p = encode_video(config, ae_variables, frames[:, None], 0)
+  h_c, _, h_p = encode_video(nets, ae_variables, frames[:, None], 0)
   return h_c, h_p[:, 0]
 
 
-def make_predictor(config, num_future: int):
+def make_predictor(nets: models.Networks, num_future: int):
   """`predict(ae_variables, lstm_params, context) -> {'frames', 'poses'}`, jitted once."""
-  return compiler.jit(lambda ae, lstm, ctx: predict_video(config, ae, lstm, ctx, num_future))
+  return compiler.jit(lambda ae, lstm, ctx: predict_video(nets, ae, lstm, ctx, num_future))

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mipae_jax import checkpoint, compiler, config_record, errors, models, predict, train
+from mipae_jax import checkpoint, compiler, config_record, errors, exported, models, predict, train
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,14 @@ def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False)
 def _jitted(config_json: str):
   """The inference functions of one config (`config_json`: its record, a hashable key),
   shared by every Run of that config so each compiles once per input shape."""
-  config = ml_collections.ConfigDict(json.loads(config_json))
+  nets = models.networks(ml_collections.ConfigDict(json.loads(config_json)))
   return {
-      'encode': compiler.jit(lambda v, x: predict.encode_frames(config, v, x)),
+      'encode': compiler.jit(lambda v, x: predict.encode_frames(nets, v, x)),
       'reconstruct': compiler.jit(
-          lambda v, x, t: predict.reconstruct(config, v, x, t), static_argnums=2),
-      'analogy': compiler.jit(lambda v, c, p: predict.analogies(config, v, c, p)),
+          lambda v, x, t: predict.reconstruct(nets, v, x, t), static_argnums=2),
+      'analogy': compiler.jit(lambda v, c, p: predict.analogies(nets, v, c, p)),
       'predict': compiler.jit(
-          lambda v, lstm, x, n: predict.predict_video(config, v, lstm, x, n)['frames'],
+          lambda v, lstm, x, n: predict.predict_video(nets, v, lstm, x, n)['frames'],
           static_argnums=3),
   }
 
@@ -124,8 +124,8 @@ class Run:
     workdir: where it was loaded from.
     config: the run's recorded config.
     networks: its `models.Networks` (E_c, E_p, D, critic, LSTM modules).
-    variables: `{'autoencoder': {'params', 'batch_stats'}, 'critic': params,
-      'lstm': params or None}`.
+    variables: `{'autoencoder': {'params', 'batch_stats'}, 'critic': params (None for
+      an exported model: inference does not use it), 'lstm': params or None}`.
     ae_step: the autoencoder checkpoint's step.
     lstm_step: the LSTM checkpoint's step (None: the run has no trained LSTM).
   """
@@ -191,10 +191,11 @@ class Run:
 
 
 def load_run(workdir: str, allow_stale_lstm: bool = False) -> Run:
-  """The newest checkpoints of a run directory made by `mipae-train` (or `mipae-convert`).
+  """The newest checkpoints of a run directory made by `mipae-train` (or `mipae-convert`),
+  or an exported model's directory (`mipae-export`; `mipae_jax.exported`).
 
   Args:
-    workdir: the run directory.
+    workdir: the run directory, or an exported model's.
     allow_stale_lstm: load an LSTM trained on an older autoencoder than the workdir's
       newest (refused otherwise, as mipae-evaluate refuses it).
   Returns:
@@ -202,7 +203,13 @@ def load_run(workdir: str, allow_stale_lstm: bool = False) -> Run:
   Raises:
     NotARunError: `workdir` has no config record or no autoencoder checkpoint.
     WorkdirError: its LSTM is stale (see `allow_stale_lstm`).
+    DataError: an exported model's variables do not fit its config.
   """
+  if exported.is_exported(workdir):
+    config, variables, record = exported.read(workdir)
+    return Run(workdir=workdir, config=config, networks=models.networks(config),
+               variables=variables, ae_step=int(record['ae_step']),
+               lstm_step=record.get('lstm_step'))
   config = config_record.load_config(workdir)
   ae_state = restore_autoencoder(config, workdir)
   lstm_state = restore_lstm(config, workdir, ae_state, allow_stale=allow_stale_lstm)

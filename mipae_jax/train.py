@@ -23,7 +23,6 @@ from flax.training import train_state
 from jax import lax
 
 from mipae_jax import compiler, losses, models, predict
-from mipae_jax.models import AE_PARTS  # noqa: F401  (train.AE_PARTS, as before)
 
 
 @flax.struct.dataclass
@@ -33,6 +32,10 @@ class AEState:
   model.params: {'content_encoder', 'pose_encoder', 'decoder'} (one Adam state).
   critic.params: the critic's parameters (its own Adam state).
   batch_stats: running BatchNorm statistics of the three networks in `model`.
+  step: the stage's iteration count, the one every reader uses (keys, checkpoints, logs).
+  `model.step` and `critic.step` are flax's own counters; they stay because checkpoints
+  hold them (an abstract target without them would not restore an older checkpoint), and
+  a converted run has them at 0 (`convert.autoencoder_state`).
   """
   step: jax.Array
   model: train_state.TrainState
@@ -164,26 +167,27 @@ def critic_scores(critic, a, b, neg_key, kind: str = 'pairs',
 # ------------------------------------------------------------------ Stage 1 step.
 
 
-def critic_step(state: AEState, video, key, *, config, axis_name: str | None = None):
+def critic_step(state: AEState, video, key, *, nets: models.Networks, loss_config,
+                axis_name: str | None = None):
   """Critic ascent (docs/method.md section 2): poses of two random frames, encoder gradients
   stopped, joint pairs vs pairs re-matched by a permutation of the global batch.
 
-  Args: video `[B, T, H, W, C]` (per device); key for this update.
+  Args: video `[B, T, H, W, C]` (per device); key for this update; `nets` built for
+  `axis_name` (`models.networks(config, axis_name)`); `loss_config` the run's `config.loss`.
   Returns: (state with a new critic and pose-encoder BatchNorm statistics, metrics).
   """
-  nets = models.networks(config, axis_name)
   k_t, k_neg = jax.random.split(key)
   t1, t2 = jax.random.randint(k_t, (2,), 0, video.shape[1])
   params, stats = state.model.params, state.batch_stats
   a, stats = nets.pose(params, stats, video[:, t1], train=True)
   b, stats = nets.pose(params, stats, video[:, t2], train=True)
   a, b = lax.stop_gradient(a), lax.stop_gradient(b)
-  variant = losses.variant(config.loss.name)
+  variant = losses.variant(loss_config.name)
 
   def objective(critic_params):
     s = critic_scores(functools.partial(nets.score, critic_params), a, b, k_neg,
                       variant.scores, axis_name)
-    return variant.critic_loss(s, config.loss, axis_name), variant.estimate(s, axis_name)
+    return variant.critic_loss(s, loss_config, axis_name), variant.estimate(s, axis_name)
 
   (loss, mi), grads = jax.value_and_grad(objective, has_aux=True)(state.critic.params)
   grads = _pmean(grads, axis_name)
@@ -192,15 +196,15 @@ def critic_step(state: AEState, video, key, *, config, axis_name: str | None = N
                  'critic_grad_norm': optax.tree.norm(grads)}
 
 
-def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
-                 axis_name: str | None = None):
+def model_losses(params, stats, critic_params, video, k, r, neg_key, *,
+                 nets: models.Networks, loss_config, axis_name: str | None = None):
   """The autoencoder objective for frame offsets `k` (content/pose frame) and `r`
-  (reference pose frame). Returns (total, (new batch_stats, loss terms)).
+  (reference pose frame) on `video [B, T, H, W, C]`, with `nets` built for `axis_name`
+  and `loss_config` the run's `config.loss`. Returns (total, (new batch_stats, loss terms)).
 
   `E_c(x[k])` and `E_p(x[r])` are targets: their gradients are stopped.
   """
-  lc = config.loss
-  nets = models.networks(config, axis_name)
+  lc = loss_config
   x0, xk, xr = video[:, 0], video[:, k], video[:, r]
   (h_c, skips), stats = nets.content(params, stats, x0, train=True)
   (h_c_k, _), stats = nets.content(params, stats, xk, train=True)
@@ -236,10 +240,12 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *, config,
   return total, (stats, terms)
 
 
-def model_step(state: AEState, video, key, *, config, axis_name: str | None = None):
+def model_step(state: AEState, video, key, *, nets: models.Networks, loss_config,
+               axis_name: str | None = None):
   """Descent on E_c, E_p and D together (one optimiser), critic fixed.
 
-  Args: video `[B, T, H, W, C]` (per device); key for this update.
+  Args: video `[B, T, H, W, C]` (per device); key for this update; `nets`, `loss_config`
+  as `critic_step`'s.
   Returns: (state with new model parameters and BatchNorm statistics, metrics).
   """
   k_k, k_r, k_neg = jax.random.split(key, 3)
@@ -248,7 +254,8 @@ def model_step(state: AEState, video, key, *, config, axis_name: str | None = No
   r = jax.random.randint(k_r, (), 0, num_frames)
   objective = functools.partial(model_losses, stats=state.batch_stats,
                                 critic_params=state.critic.params, video=video, k=k, r=r,
-                                neg_key=k_neg, config=config, axis_name=axis_name)
+                                neg_key=k_neg, nets=nets, loss_config=loss_config,
+                                axis_name=axis_name)
   (_, (stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.model.params)
   grads = _pmean(grads, axis_name)
@@ -272,9 +279,11 @@ def ae_train_step(state: AEState, batch, key, *, config, axis_name: str | None =
   """
   critic_video, video = _split_batch(batch)
   k_critic, k_model = jax.random.split(jax.random.fold_in(key, state.step))
-  state, critic_metrics = critic_step(state, critic_video, k_critic, config=config,
-                                      axis_name=axis_name)
-  state, metrics = model_step(state, video, k_model, config=config, axis_name=axis_name)
+  # Built once per traced step, for both updates.
+  common = dict(nets=models.networks(config, axis_name), loss_config=config.loss,
+                axis_name=axis_name)
+  state, critic_metrics = critic_step(state, critic_video, k_critic, **common)
+  state, metrics = model_step(state, video, k_model, **common)
   return state.replace(step=state.step + 1), {**metrics, **critic_metrics}
 
 
@@ -294,16 +303,26 @@ def lstm_train_step(state: LSTMState, ae_variables, batch, key, *, config,
     (new state, {'lstm_loss', 'grad_norm'}).
   """
   del key
-  h_c, h_p = encode_for_lstm(config, ae_variables, _split_batch(batch)[1])
-  return _lstm_update(state, h_c, h_p, config, axis_name)
+  nets = models.networks(config)
+  h_c, h_p = encode_for_lstm(nets, ae_variables, _split_batch(batch)[1],
+                             config.data.input_frames)
+  return _lstm_update(state, nets, h_c, h_p, axis_name)
 
 
-def encode_for_lstm(config, ae_variables, video):
+def encode_for_lstm(nets: models.Networks, ae_variables, video, input_frames: int):
   """The frozen codes an LSTM iteration trains on: `video [B, T, H, W, C]` ->
-  (h_c [B, Dc] of the last conditioning frame, h_p [B, T, Dp] of every frame)."""
-  h_c, _, h_p = predict.encode_video(config, lax.stop_gradient(ae_variables), video,
-                                     config.data.input_frames - 1)
+  (h_c [B, Dc] of the last of the `input_frames` conditioning frames, h_p [B, T, Dp] of
+  every frame)."""
+  h_c, _, h_p = predict.encode_video(nets, lax.stop_gradient(ae_variables), video,
+                                     input_frames - 1)
   return h_c, h_p
+
+
+def lstm_encoder(config):
+  """`encode_for_lstm` on the networks of `config`, built once:
+  `encode(ae_variables, video [B, T, H, W, C]) -> (h_c, h_p)`, for `jax.jit`."""
+  return functools.partial(encode_for_lstm, models.networks(config),
+                           input_frames=config.data.input_frames)
 
 
 def lstm_codes_step(state: LSTMState, batch, key, *, config, axis_name: str | None = None):
@@ -316,12 +335,12 @@ def lstm_codes_step(state: LSTMState, batch, key, *, config, axis_name: str | No
   Args: batch `{'h_c': [B, Dc], 'h_p': [B, T, Dp]}`; key unused.
   """
   del key
-  return _lstm_update(state, batch['h_c'], batch['h_p'], config, axis_name)
+  return _lstm_update(state, models.networks(config), batch['h_c'], batch['h_p'], axis_name)
 
 
-def _lstm_update(state: LSTMState, h_c, h_p, config, axis_name):
+def _lstm_update(state: LSTMState, nets: models.Networks, h_c, h_p, axis_name):
   def objective(lstm_params):
-    preds = predict.lstm_teacher_forced(config, lstm_params, h_c, h_p)
+    preds = predict.lstm_teacher_forced(nets, lstm_params, h_c, h_p)
     per_step = jnp.mean((preds - h_p[:, 1:]) ** 2, axis=(0, 2))  # [T-1]
     return jnp.sum(_pmean(per_step, axis_name))
 

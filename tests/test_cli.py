@@ -200,6 +200,7 @@ TOOLS = {
     'mipae-evaluate': ('mipae_jax.commands.evaluate', '--workdir'),
     'mipae-study': ('mipae_jax.commands.study', '--workdir'),
     'mipae-convert': ('mipae_jax.commands.convert', '--checkpoint'),
+    'mipae-export': ('mipae_jax.commands.export', '--workdir'),
     'mipae-prepare': ('mipae_jax.data.prepare', '--data_dir'),
     'mipae-preview': ('mipae_jax.data.preview', '--dataset'),
 }

@@ -1,4 +1,5 @@
-"""TFDS builders (array_record, no TensorFlow) and the grain reader."""
+"""TFDS builders (array_record, no TensorFlow). Training's reader of what they build,
+`tfds_source.TrainBatches`, is tested in tests/test_tfds_training.py."""
 
 import os
 import sys
@@ -44,34 +45,6 @@ def test_builder_matches_device_stream(dsprites_dir):
     np.testing.assert_array_equal(ex['video'], np.round(np.asarray(v[0]) * 255))
     np.testing.assert_array_equal(ex['pose'], np.asarray(f['pose'][0]))
     np.testing.assert_array_equal(ex['content'], np.asarray(f['content'][0]))
-
-
-def test_grain_batches_shuffle_shard_and_resume(dsprites_dir):
-  src = tfds.data_source('mipae_moving_dsprites/tiny', data_dir=dsprites_dir)['train']
-  ds = tfds_builders.grain_batches(src, 2, seed=0, image_size=32)
-  batches = list(ds)
-  assert len(batches) == 4
-  v, f = batches[0]
-  assert v.shape == (2, 4, 32, 32, 3) and v.dtype == np.float32 and f['pose'].shape == (2, 4, 4)
-  seen = np.concatenate([b[1]['content'][:, 0] for b in batches])
-  all_content = np.stack([src[i]['content'][0] for i in range(8)])
-  assert sorted(map(tuple, seen)) == sorted(map(tuple, all_content))  # A permutation.
-  again = [b[1]['pose'] for b in tfds_builders.grain_batches(src, 2, seed=0, image_size=32)]
-  np.testing.assert_array_equal(np.concatenate(again),
-                                np.concatenate([b[1]['pose'] for b in batches]))
-  # Per-host shards are disjoint and cover the split.
-  shards = [np.concatenate([b[1]['content'][:, 0] for b in tfds_builders.grain_batches(
-      src, 1, shuffle=False, process_index=i, process_count=2)]) for i in range(2)]
-  assert len(shards[0]) == 4 and len(shards[1]) == 4
-  assert sorted(map(tuple, np.concatenate(shards))) == sorted(map(tuple, all_content))
-  # The iterator state checkpoints and restores.
-  it = iter(tfds_builders.grain_batches(src, 2, seed=1, num_epochs=None))
-  next(it)
-  state = it.get_state()
-  want = next(it)[1]['pose']
-  it2 = iter(tfds_builders.grain_batches(src, 2, seed=1, num_epochs=None))
-  it2.set_state(state)
-  np.testing.assert_array_equal(next(it2)[1]['pose'], want)
 
 
 class _Broken(tfds_builders.MipaeMovingDsprites):

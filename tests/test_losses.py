@@ -221,7 +221,8 @@ def test_a_new_bound_is_one_function_and_one_registry_line():
     st = train.create_train_state(cfg, jax.random.key(0))
     video = jax.random.uniform(jax.random.key(1), (cfg.batch_size, 4, 32, 32, 3))
     _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
-                                       video, 1, 0, jax.random.key(2), config=cfg)
+                                       video, 1, 0, jax.random.key(2),
+                                       nets=models.networks(cfg), loss_config=cfg.loss)
     nets = models.build_models(cfg.model, cfg.data)
     pose = lambda x: nets['pose_encoder'].apply(
         {'params': st.model.params['pose_encoder'],

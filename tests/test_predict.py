@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mipae_jax import predict, train
+from mipae_jax import models, predict, train
 from mipae_jax.configs import tiny
 from mipae_jax.models import build_models
 
@@ -18,16 +18,16 @@ def setup():
   lstm_params = train.create_lstm_state(config, jax.random.key(1)).lstm.params
   d = config.data
   video = jax.random.uniform(jax.random.key(2), (3, 6, d.image_size, d.image_size, d.channels))
-  return config, ae, lstm_params, video
+  return config, models.networks(config), ae, lstm_params, video
 
 
 def test_rollout_matches_teacher_forcing_on_known_frames(setup):
-  config, ae, lstm_params, video = setup
+  config, nets, ae, lstm_params, video = setup
   c = 3
-  h_c, _, h_p = predict.encode_video(config, ae, video, c - 1)
-  rolled = predict.rollout_poses(config, lstm_params, h_c, h_p[:, :c], num_future=4)
+  h_c, _, h_p = predict.encode_video(nets, ae, video, c - 1)
+  rolled = predict.rollout_poses(nets, lstm_params, h_c, h_p[:, :c], num_future=4)
   assert rolled.shape == (3, c - 1 + 4, config.model.pose_dim)
-  forced = predict.lstm_teacher_forced(config, lstm_params, h_c, h_p)
+  forced = predict.lstm_teacher_forced(nets, lstm_params, h_c, h_p)
   # Frames 1..C are predicted from inferred poses in both.
   np.testing.assert_allclose(rolled[:, :c], forced[:, :c], atol=1e-6)
   # After that, each step reads the previous prediction.
@@ -43,9 +43,9 @@ def test_rollout_matches_teacher_forcing_on_known_frames(setup):
 def test_pose_encoding_is_the_same_on_every_backend_path(setup, monkeypatch):
   """CPU encodes one frame index at a time (`lax.map`), accelerators one batch of B*T;
   CI has only CPUs, so the accelerator path is forced here and compared."""
-  config, ae, _, video = setup
+  _, nets, ae, _, video = setup
   # A new function object each time: jit and make_jaxpr cache traces per function.
-  fn = lambda: lambda v: predict.encode_video(config, ae, v, 1)
+  fn = lambda: lambda v: predict.encode_video(nets, ae, v, 1)
   cpu = jax.jit(fn())(video)
   assert 'scan' in str(jax.make_jaxpr(fn())(video))  # The per-frame loop.
   monkeypatch.setattr(predict.jax, 'default_backend', lambda: 'gpu')
@@ -56,8 +56,8 @@ def test_pose_encoding_is_the_same_on_every_backend_path(setup, monkeypatch):
 
 
 def test_predict_video_shapes(setup):
-  config, ae, lstm_params, video = setup
-  out = predict.make_predictor(config, 5)(ae, lstm_params, video[:, :2])
+  config, nets, ae, lstm_params, video = setup
+  out = predict.make_predictor(nets, 5)(ae, lstm_params, video[:, :2])
   d = config.data
   assert out['frames'].shape == (3, 5, d.image_size, d.image_size, d.channels)
   assert out['poses'].shape == (3, 5, config.model.pose_dim)
@@ -65,11 +65,11 @@ def test_predict_video_shapes(setup):
 
 
 def test_reconstruct_and_analogies_shapes(setup):
-  config, ae, _, video = setup
-  rec = jax.jit(lambda v: predict.reconstruct(config, ae, v))(video)
+  config, nets, ae, _, video = setup
+  rec = jax.jit(lambda v: predict.reconstruct(nets, ae, v))(video)
   assert rec.shape == video.shape
-  grid = jax.jit(lambda a, b: predict.analogies(config, ae, a, b))(video[:, 0], video[0])
+  grid = jax.jit(lambda a, b: predict.analogies(nets, ae, a, b))(video[:, 0], video[0])
   assert grid.shape == (3, 6) + video.shape[2:]
   # Row r uses row r's content: same pose column, different content rows differ.
-  z_c, z_p = predict.encode_frames(config, ae, video[:, 0])
+  z_c, z_p = predict.encode_frames(nets, ae, video[:, 0])
   assert z_c.shape == (3, config.model.content_dim) and z_p.shape == (3, config.model.pose_dim)

@@ -42,14 +42,14 @@ def test_inference_functions_match_predict(run_dir):
   video = rng.random((2, 4, 32, 32, 3), dtype=np.float32)
   ae = run.variables['autoencoder']
   z_c, z_p = run.encode(video[:, 0])
-  ref_c, ref_p = predict.encode_frames(run.config, ae, video[:, 0])
+  ref_c, ref_p = predict.encode_frames(run.networks, ae, video[:, 0])
   np.testing.assert_allclose(z_c, ref_c, atol=1e-6)
   np.testing.assert_allclose(z_p, ref_p, atol=1e-6)
   assert z_c.shape == (2, 16) and z_p.shape == (2, 3)
   assert run.reconstruct(video).shape == (2, 4, 32, 32, 3)
   assert run.analogy(video[:, 0], video[0]).shape == (2, 4, 32, 32, 3)
   future = run.predict(video[:, :2], num_future=3)
-  ref = predict.predict_video(run.config, ae, run.variables['lstm'], video[:, :2], 3)
+  ref = predict.predict_video(run.networks, ae, run.variables['lstm'], video[:, :2], 3)
   np.testing.assert_allclose(future, ref['frames'], atol=1e-6)
   # uint8 frames are read as [0, 255] -> [0, 1].
   as_uint8 = (video[:, 0] * 255).round().astype(np.uint8)

@@ -65,6 +65,7 @@ def test_batches_follow_a_seeded_epoch_shuffle_and_split_over_devices(prepared):
   for step in range(3):
     batch = reader.for_step(step)
     assert set(batch) == {'video'} and batch['video'].shape == (8, 4, 32, 32, 3)
+    assert batch['video'].dtype == np.float32
     assert len(batch['video'].sharding.device_set) == jax.device_count()
     seen.append(np.asarray(batch['video']))
   assert [reader.epoch(s) for s in range(3)] == [0, 0, 1]
@@ -152,7 +153,7 @@ def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prep
   source = tfds_source.TfdsVideos(config.data)
   ae = pipeline.replicate_on_mesh(train.autoencoder_variables(
       train.create_train_state(config, jax.random.key(0))), mesh)
-  encode = jax.jit(lambda a, v: train.encode_for_lstm(config, a, v))
+  encode = jax.jit(train.lstm_encoder(config))
   codes = tfds_source.encode_split(config, source.sources['train'], ae, mesh, encode)
   assert codes['h_p'].shape == (12, 4, config.model.pose_dim)
   videos = tfds_source.TrainBatches(config, source.sources['train'], mesh, 'lstm', 3)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mipae_jax import configuration, parallel, train
+from mipae_jax import configuration, models, parallel, train
 from mipae_jax.configs import tiny
 from mipae_jax.data import sharding
 
@@ -60,7 +60,8 @@ def state(config):
 
 def test_critic_step_changes_only_the_critic(config, state):
   video = batch_for(config)['critic_video']
-  step = jax.jit(functools.partial(train.critic_step, config=config))
+  step = jax.jit(functools.partial(train.critic_step, nets=models.networks(config),
+                                   loss_config=config.loss))
   new, metrics = step(state, video, jax.random.key(1))
   assert trees_equal(new.model.params, state.model.params)
   assert trees_equal(new.model.opt_state, state.model.opt_state)
@@ -73,11 +74,12 @@ def test_critic_step_changes_only_the_critic(config, state):
 
 def test_model_step_changes_only_the_autoencoder(config, state):
   video = batch_for(config)['video']
-  step = jax.jit(functools.partial(train.model_step, config=config))
+  step = jax.jit(functools.partial(train.model_step, nets=models.networks(config),
+                                   loss_config=config.loss))
   new, _ = step(state, video, jax.random.key(1))
   assert trees_equal(new.critic.params, state.critic.params)
   assert trees_equal(new.critic.opt_state, state.critic.opt_state)
-  for part in train.AE_PARTS:
+  for part in models.AE_PARTS:
     assert not trees_equal(new.model.params[part], state.model.params[part]), part
 
 
@@ -90,7 +92,7 @@ def test_stopped_branches_receive_no_gradient(config, state):
   def term(v, name):
     _, (_, terms) = train.model_losses(
         state.model.params, state.batch_stats, state.critic.params, v, k, r,
-        jax.random.key(3), config=config)
+        jax.random.key(3), nets=models.networks(config), loss_config=config.loss)
     return terms[name]
 
   g_total = jax.jit(jax.grad(lambda v: term(v, 'loss')))(video)
@@ -108,7 +110,7 @@ def test_every_autoencoder_parameter_has_a_real_gradient(config, state):
   video = batch_for(config)['video']
   grads = jax.jit(jax.grad(lambda p: train.model_losses(
       p, state.batch_stats, state.critic.params, video, 1, 2, jax.random.key(3),
-      config=config)[0]))(state.model.params)
+      nets=models.networks(config), loss_config=config.loss)[0]))(state.model.params)
   rms = {jax.tree_util.keystr(path): float(jnp.sqrt(jnp.mean(g ** 2)))
          for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
   assert min(rms.values()) > 1e-8, sorted(rms.items(), key=lambda kv: kv[1])[:3]
@@ -241,7 +243,8 @@ def test_reconstruction_losses_l2_l1_and_bce():
   for recon in ('l2', 'l1', 'bce'):
     cfg.loss.recon = recon
     _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
-                                       video, 1, 0, jax.random.key(1), config=cfg)
+                                       video, 1, 0, jax.random.key(1),
+                                       nets=models.networks(cfg), loss_config=cfg.loss)
     out[recon] = float(terms['recon_loss'])
     # One term per colour channel (one sprite each), averaging to the loss itself.
     per_channel = [float(terms[f'recon_loss_ch{c}']) for c in range(3)]
@@ -262,7 +265,8 @@ def test_foreground_weight_scales_lit_pixels_only():
   def terms_for(w):
     cfg.loss.fg_weight = w
     _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
-                                       video, 1, 0, jax.random.key(1), config=cfg)
+                                       video, 1, 0, jax.random.key(1),
+                                       nets=models.networks(cfg), loss_config=cfg.loss)
     return {k: float(v) for k, v in terms.items()}
 
   plain, weighted = terms_for(1.0), terms_for(10.0)
@@ -283,7 +287,7 @@ def test_lstm_on_cached_codes_equals_the_lstm_on_the_videos(config, state):
   d = config.data
   pool = jax.random.uniform(jax.random.key(5), (8, d.input_frames + d.target_frames,
                                                 d.image_size, d.image_size, d.channels))
-  h_c, h_p = jax.jit(functools.partial(train.encode_for_lstm, config))(ae, pool)
+  h_c, h_p = jax.jit(train.lstm_encoder(config))(ae, pool)
   video_step = parallel.make_train_step(config, 'lstm', 'jit', donate=False)
   code_step = parallel.make_train_step(config, 'lstm_codes', 'jit', donate=False)
   a = b = train.create_lstm_state(config, jax.random.key(1))

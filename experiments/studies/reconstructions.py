@@ -17,7 +17,7 @@ import argparse
 import jax
 import numpy as np
 
-from mipae_jax import config_record, data, predict, runs, train, visualize
+from mipae_jax import config_record, data, models, predict, runs, train, visualize
 
 
 def pictures(workdir: str, num_videos: int = 3):
@@ -25,14 +25,15 @@ def pictures(workdir: str, num_videos: int = 3):
   [V + 1, T + 1, H, W, C]) at the newest autoencoder checkpoint of `workdir`."""
   config = config_record.load_config(workdir)
   ae = train.autoencoder_variables(runs.restore_autoencoder(config, workdir))
+  nets = models.networks(config)
   source = data.make_source(config.data)
   videos = np.asarray(source.jit_sample_batch(jax.random.key(config.eval.seed),
                                               num_videos + 1, 'test')[0])
-  recon = np.asarray(jax.jit(lambda a, v: predict.reconstruct(config, a, v))(ae, videos))
+  recon = np.asarray(jax.jit(lambda a, v: predict.reconstruct(nets, a, v))(ae, videos))
   rows = np.stack([videos[:num_videos], recon[:num_videos]], 1).reshape(
       (2 * num_videos,) + videos.shape[1:])
   pose_video = videos[num_videos]
-  grid = np.asarray(predict.analogies(config, ae, videos[:num_videos, 0], pose_video))
+  grid = np.asarray(predict.analogies(nets, ae, videos[:num_videos, 0], pose_video))
   top = np.concatenate([np.zeros_like(pose_video[:1]), pose_video])[None]
   body = np.concatenate([videos[:num_videos, :1], grid], axis=1)
   return rows, np.concatenate([top, body])

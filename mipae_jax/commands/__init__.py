@@ -4,6 +4,7 @@
   mipae-evaluate  evaluate a run directory's latest checkpoints (evaluate.py)
   mipae-study     compare methods over seeds, each an ordinary run (study.py)
   mipae-convert   a published PyTorch checkpoint -> a run directory (convert.py)
+  mipae-export    a run -> a small exported model that load_run reads (export.py)
   mipae-prepare   build a config's dataset once as TFDS splits (mipae_jax.data.prepare)
   mipae-preview   a GIF and filmstrip of a dataset's videos (mipae_jax.data.preview)
 

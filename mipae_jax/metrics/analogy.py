@@ -61,7 +61,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mipae_jax import compiler, data, errors, predict
+from mipae_jax import compiler, data, errors, models, predict
 
 FORMAT = 1  # Version of the cached classifier file; bumping it retrains every cache.
 DEFAULT_CACHE_DIR = '~/.cache/mipae_jax/analogy'
@@ -661,10 +661,10 @@ def analogy_accuracy(classifier: Classifier, draw, videos, factors, pose_of=None
   return out
 
 
-def model_draw(config, ae_variables):
-  """The `draw` of a trained autoencoder: `predict.analogies` (jitted once), one content
-  frame and its pose video at a time."""
-  fn = compiler.jit(lambda v, c, p: predict.analogies(config, v, c, p))
+def model_draw(nets: models.Networks, ae_variables):
+  """The `draw` of a trained autoencoder (`nets` and their variables): `predict.analogies`
+  (jitted once), one content frame and its pose video at a time."""
+  fn = compiler.jit(lambda v, c, p: predict.analogies(nets, v, c, p))
   return functools.partial(_pairwise, lambda c, p: fn(ae_variables, c, p))
 
 
@@ -695,8 +695,8 @@ def evaluate_analogies(config, ae_variables, source, n: int, seed: int,
   t0 = time.time()
   classifier = load_or_train(config.data, cache_dir, cfg, log=log)
   videos, factors = source.test_videos(seed, n)
-  out = analogy_accuracy(classifier, model_draw(config, ae_variables), videos, factors,
-                         pose_of=derangement(n, seed))
+  out = analogy_accuracy(classifier, model_draw(models.networks(config), ae_variables),
+                         videos, factors, pose_of=derangement(n, seed))
   for level in ('ceiling', 'blob'):
     for name, value in getattr(classifier, level).items():
       if not name.startswith('n_'):
