@@ -28,6 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from mipae_jax import config_record, errors, train
+from mipae_jax.metrics import safe_pickle
 
 RECORD_FILE = 'pretrained.json'
 VARIABLES_FILE = 'variables.npz'
@@ -151,16 +152,7 @@ def read(path: str):
   if not os.path.isfile(file):
     raise errors.NotARunError(f'{file} not found: the exported model {path} lacks its '
                               'variables. Export it again with mipae-export.')
-  try:
-    with np.load(file, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError, EOFError) as e:
-    with open(file, 'rb') as f:
-      head = f.read(64)
-    hint = (' It is a Git LFS pointer: run `git lfs pull` to fetch the file itself.'
-            if head.startswith(b'version https://git-lfs') else '')
-    raise errors.DataError(f'{file} is not a readable .npz of arrays '
-                           f'({errors.first_line(str(e))}).{hint}') from e
+  arrays = safe_pickle.load_npz(file)
   with_lstm = record.get('lstm_step') is not None
   problem = mismatch(arrays, expected(config, with_lstm))
   if problem is not None:

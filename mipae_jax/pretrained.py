@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import shutil
 import sys
 import tempfile
 
-import jax
 import numpy as np
 
 from mipae_jax import (
@@ -64,37 +62,13 @@ PANEL_VIDEOS = 6  # Test videos drawn: 5 analogy rows, 3 reconstructions, 4 pred
 # ------------------------------------------------------------------------- Export.
 
 
-def restore_autoencoder_at(config, workdir: str, step: int | None) -> train.AEState:
-  """The autoencoder checkpoint of `workdir` at `step` (None: the newest); NotARunError
-  naming the kept steps if there is no such checkpoint."""
-  if step is None:
-    return runs.restore_autoencoder(config, workdir)
-  store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
-  try:
-    kept = store.all_steps()
-    if step not in kept:
-      raise errors.NotARunError(
-          f'{workdir} keeps no autoencoder checkpoint at step {step} (kept: '
-          f'{", ".join(map(str, kept)) or "none"}).')
-    abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
-                              jax.random.key(0))
-    return store.restore(abstract, step)[0]
-  finally:
-    store.close()
-
-
 def lstm_trained_on(config, workdir: str, ae_state):
   """The newest pose-LSTM state of `workdir` if it was trained on `ae_state`, or None if
   the run has none; WorkdirError if it was trained on another autoencoder."""
-  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
-  try:
-    if store.latest_step() is None:
-      return None
-    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
-                              jax.random.key(0))
-    state, meta, step = store.restore(abstract)
-  finally:
-    store.close()
+  newest = runs.newest_lstm(config, workdir)
+  if newest is None:
+    return None
+  state, meta, step = newest
   reason = runs.stale_reason(meta, runs.autoencoder_record(ae_state))
   if reason is not None:
     raise errors.WorkdirError(
@@ -162,7 +136,7 @@ def export(workdir: str, out_dir: str, note: dict | None = None, *, step: int | 
     raise errors.NotARunError(f'{workdir} is an exported model already: export a run '
                               'directory (mipae-train\'s --workdir).')
   config = config_record.load_config(workdir)
-  ae_state = restore_autoencoder_at(config, workdir, step)
+  ae_state = runs.restore_autoencoder(config, workdir, step)
   lstm_state = lstm_trained_on(config, workdir, ae_state) if with_lstm else None
   ae_step = int(ae_state.step)
   lstm_step = None if lstm_state is None else int(lstm_state.step)

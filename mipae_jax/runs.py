@@ -53,18 +53,40 @@ def stale_reason(meta: dict, record: dict) -> str | None:
           f'{record["ae_step"]} (digest {record["ae_digest"][:12]})')
 
 
-def restore_autoencoder(config, workdir: str) -> train.AEState:
-  """The newest autoencoder checkpoint of `workdir` (error if there is none)."""
+def restore_autoencoder(config, workdir: str, step: int | None = None) -> train.AEState:
+  """The autoencoder checkpoint of `workdir` at `step` (None: the newest). NotARunError if
+  there is none, or (naming the kept steps) none at `step`."""
   store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
   try:
-    if store.latest_step() is None:
+    if step is not None:
+      kept = store.all_steps()
+      if step not in kept:
+        raise errors.NotARunError(
+            f'{workdir} keeps no autoencoder checkpoint at step {step} (kept: '
+            f'{", ".join(map(str, kept)) or "none"}).')
+    elif store.latest_step() is None:
       raise errors.NotARunError(
           f'No autoencoder checkpoint in {store.directory}: the LSTM stage and evaluation '
           f'need a trained autoencoder. Run `mipae-train --config=... '
           f'--workdir={workdir}` (config.train.ae_steps > 0) first.')
     abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
                               jax.random.key(0))
-    return store.restore(abstract)[0]
+    return store.restore(abstract, step)[0]
+  finally:
+    store.close()
+
+
+def newest_lstm(config, workdir: str):
+  """`(state, checkpoint metadata, step)` of the newest LSTM checkpoint of `workdir`, or
+  None if the stage has not run. Whether it fits an autoencoder is the caller's check
+  (`stale_reason` of the metadata)."""
+  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
+  try:
+    if store.latest_step() is None:
+      return None
+    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
+                              jax.random.key(0))
+    return store.restore(abstract)
   finally:
     store.close()
 
@@ -75,15 +97,10 @@ def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False)
   With `ae_state`, refuses (WorkdirError) an LSTM trained on another autoencoder than
   `ae_state` (the autoencoder trained on after the LSTM stage ran), unless `allow_stale`.
   """
-  store = checkpoint.CheckpointStore(workdir, 'lstm', enabled=False)
-  try:
-    if store.latest_step() is None:
-      return None
-    abstract = jax.eval_shape(functools.partial(train.create_lstm_state, config),
-                              jax.random.key(0))
-    state, meta, step = store.restore(abstract)
-  finally:
-    store.close()
+  newest = newest_lstm(config, workdir)
+  if newest is None:
+    return None
+  state, meta, step = newest
   if ae_state is not None:
     reason = stale_reason(meta, autoencoder_record(ae_state))
     if reason is not None and not allow_stale:
@@ -94,7 +111,6 @@ def restore_lstm(config, workdir: str, ae_state=None, allow_stale: bool = False)
     if reason is not None:
       log.warning('Evaluating a stale LSTM (allowed): %s.', reason)
   return state
-
 
 
 # ------------------------------------------------------------------ The loaded run.

@@ -83,3 +83,19 @@ def wheel_site(tmp_path_factory) -> pathlib.Path:
         '--target', str(site), str(wheels[0])], env=env)
   assert (site / 'mipae_jax' / 'configs' / 'demo.py').is_file()
   return site
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory) -> str:
+  """A run directory of the tiny config trained 2 autoencoder and 2 LSTM steps (no
+  evaluation), shared by the tests that only read a trained run. Copy it to change it."""
+  from mipae_jax import config_record, pipeline, workdir
+  from mipae_jax.configs import tiny
+
+  path = str(tmp_path_factory.mktemp('tiny_run'))
+  config = tiny.get_config()
+  workdir.prepare(path)
+  config_record.record_config(path, config)
+  ae = pipeline.train_autoencoder(config, path)
+  pipeline.train_lstm(config, path, ae.state)
+  return path

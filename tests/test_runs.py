@@ -7,20 +7,14 @@ import numpy as np
 import pytest
 
 import mipae_jax
-from mipae_jax import config_record, errors, pipeline, predict, workdir
+from mipae_jax import errors, predict
 from mipae_jax.configs import tiny
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  """A tiny run: 2 autoencoder and 2 LSTM steps (no evaluation)."""
-  path = str(tmp_path_factory.mktemp('run'))
-  config = tiny.get_config()
-  workdir.prepare(path)
-  config_record.record_config(path, config)
-  ae = pipeline.train_autoencoder(config, path)
-  pipeline.train_lstm(config, path, ae.state)
-  return path
+def run_dir(tiny_run):
+  """A tiny run: 2 autoencoder and 2 LSTM steps (no evaluation; read only)."""
+  return tiny_run
 
 
 def test_version_is_exposed():

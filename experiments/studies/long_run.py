@@ -19,15 +19,13 @@ OUT/strip.png (each run's analogy grid at every step, left to right).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import time
 
-import jax
 from PIL import Image, ImageDraw
 
-from mipae_jax import checkpoint, cli, config_record, data, evaluate, train
+from mipae_jax import checkpoint, cli, config_record, data, evaluate, runs, train
 from mipae_jax.metrics import analogy
 
 
@@ -39,21 +37,11 @@ def kept_steps(workdir: str) -> list[int]:
     store.close()
 
 
-def restore_step(config, workdir: str, step: int) -> train.AEState:
-  store = checkpoint.CheckpointStore(workdir, 'ae', enabled=False)
-  try:
-    abstract = jax.eval_shape(functools.partial(train.create_train_state, config),
-                              jax.random.key(0))
-    return store.restore(abstract, step)[0]
-  finally:
-    store.close()
-
-
 def evaluate_step(config, workdir: str, step: int, source, out_dir: str,
                   analogy_videos: int) -> dict:
   """One row of the curve (and the step's pictures under `out_dir`)."""
   t0 = time.time()
-  ae_variables = train.autoencoder_variables(restore_step(config, workdir, step))
+  ae_variables = train.autoencoder_variables(runs.restore_autoencoder(config, workdir, step))
   mig = evaluate.disentanglement(config, ae_variables, source)
   probe = mig['probe']
   row = {'run': os.path.basename(os.path.normpath(workdir)), 'method': config.loss.name,

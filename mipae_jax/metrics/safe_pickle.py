@@ -1,6 +1,7 @@
-"""Unpickling weight files without running their code.
+"""Reading weight files without running their code.
 
   tree = safe_pickle.load('weights/alexnet.ckpt')   # nested dicts of numpy arrays
+  arrays = safe_pickle.load_npz('weights.npz')       # {name: array}, allow_pickle=False
 
 `pickle.load` calls whatever the file names (`os.system`, `subprocess.Popen`, ...), so a
 weight file from someone else is read with an unpickler whose `find_class` admits only
@@ -106,3 +107,23 @@ def _load(f, name: str):
     detail = errors.first_line(str(e), 160) or 'the file ends early (a truncated download?)'
     raise errors.DataError(f'{name} is not a readable pickle of numpy arrays '
                            f'({type(e).__name__}: {detail}).') from None
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Every array of the `.npz` at `path`, read with `allow_pickle=False` (an object array,
+  which would unpickle, is refused like a damaged file).
+
+  Raises:
+    DataError: not a readable .npz of arrays (naming a Git LFS pointer as one).
+  """
+  path = os.fspath(path)
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  except (OSError, ValueError, EOFError) as e:
+    with open(path, 'rb') as f:
+      head = f.read(64)
+    hint = (' It is a Git LFS pointer: run `git lfs pull` to fetch the file itself.'
+            if head.startswith(b'version https://git-lfs') else '')
+    raise errors.DataError(f'{path} is not a readable .npz of arrays '
+                           f'({errors.first_line(str(e))}).{hint}') from e
