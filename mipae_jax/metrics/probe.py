@@ -244,15 +244,31 @@ def _log_gauss_at(mu, sigma, ids, sizes):
   return jnp.stack(out, 1)
 
 
-def _jit(fun, optimise: bool):
-  """jax.jit; with `optimise`, at XLA's full optimisation even where XLA_FLAGS lower it
-  (as `make test` does to compile networks faster): a probe on thousands of frames runs
-  thousands of steps (1.5x faster so), while on a few hundred compiling dominates."""
-  return jax.jit(fun, compiler_options=(
-      {'xla_backend_optimization_level': 3} if optimise else None))
+def _jit(fun):
+  """jax.jit at XLA's full optimisation even where XLA_FLAGS lower it (as `make test`
+  does to compile networks faster): a probe runs tens to thousands of epochs and as many
+  evaluations of the same program, so its run time outweighs the longer compile even on
+  a few hundred frames."""
+  return jax.jit(fun, compiler_options={'xla_backend_optimization_level': 3})
 
 
-def _make_fns(model, tx, batch_size, sizes, ordinal, masks, optimise):
+@functools.lru_cache(maxsize=64)
+def _make_fns(sizes: tuple[int, ...], ordinal: tuple[bool, ...],
+              masks: tuple[tuple[float, ...], ...], batch_size: int, hidden: int, depth: int,
+              learning_rate: float):
+  """(model, tx, epoch, evaluate) for one probe shape, built once per process: probes of
+  the same shape (every evaluation of runs of one config, the seeds of a study, the
+  tests) then reuse one traced and compiled program instead of building it again. The
+  learning rate lives in the optimiser state (`inject_hyperparams`), so the drops of
+  `train_probe` never touch what is cached."""
+  model = Probe(sizes, hidden, depth)
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+  masks = np.asarray(masks, np.float32)
+  epoch, evaluate = _probe_fns(model, tx, batch_size, sizes, ordinal, masks)
+  return model, tx, epoch, evaluate
+
+
+def _probe_fns(model, tx, batch_size, sizes, ordinal, masks):
   ordinal = jnp.asarray(ordinal, jnp.float32)
   scale = jnp.asarray([max(s - 1, 1) for s in sizes], jnp.float32)
   masks = jnp.asarray(masks)
@@ -276,7 +292,7 @@ def _make_fns(model, tx, batch_size, sizes, ordinal, masks, optimise):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  @functools.partial(_jit, optimise=optimise)
+  @_jit
   def epoch(params, opt_state, arrays, key):
     n = (len(arrays[0]) // batch_size) * batch_size
     perm = jax.random.permutation(key, len(arrays[0]))[:n]
@@ -284,7 +300,7 @@ def _make_fns(model, tx, batch_size, sizes, ordinal, masks, optimise):
     (params, opt_state), _ = jax.lax.scan(train_step, (params, opt_state), batches)
     return params, opt_state
 
-  @functools.partial(_jit, optimise=optimise)
+  @_jit
   def evaluate(params, z, e, base, ids):
     """Per sample: log q of the classifier [N, G] and of each Gaussian [N, G, S]."""
     logits, mu, sigma = apply(params, z, e, base)
@@ -359,9 +375,12 @@ def train_probe(z, ids, sizes, ordinal, config: ProbeConfig = DEFAULT) -> dict:
     proj = (proj - proj[tr].mean(0)) / np.where(sd > 0, sd, 1.0)
     z = np.hstack([z, proj.astype(np.float32)])
   batch = min(config.batch_size, len(tr))
-  model = Probe(tuple(int(s) for s in sizes), config.hidden, config.depth)
   key = jax.random.key(config.seed)
   e, masks = label_features(ids, sizes, ordinal)
+  model, tx, epoch, evaluate = _make_fns(
+      tuple(int(s) for s in sizes), tuple(bool(o) for o in ordinal),
+      tuple(map(tuple, masks.tolist())), batch, config.hidden, config.depth,
+      config.learning_rate)
   # Least squares of each ordinal group's level on [z, earlier labels, 1] (train split).
   base = np.zeros(ids.shape, np.float32)
   for i in np.flatnonzero(ordinal):
@@ -370,10 +389,7 @@ def train_probe(z, ids, sizes, ordinal, config: ProbeConfig = DEFAULT) -> dict:
     base[:, i] = x1 @ w
   params = model.init(key, group_inputs(jnp.asarray(z[:1]), jnp.asarray(e[:1]),
                                         jnp.asarray(masks)), base[:1])
-  tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
   opt_state = tx.init(params)
-  epoch, evaluate = _make_fns(model, tx, batch, tuple(int(s) for s in sizes), ordinal, masks,
-                              optimise=len(tr) >= 4096)
   arrays = (z, e, base, ids)
   train_arrays = tuple(jnp.asarray(a[tr]) for a in arrays)
   va_te = np.concatenate([va, te])
