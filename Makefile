@@ -24,10 +24,15 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-# The whole suite; JAX sees 4 CPU devices so data-parallel tests run everywhere.
+# The whole suite; JAX sees 4 CPU devices so data-parallel tests run everywhere. One
+# pytest-xdist worker per core, each taking whole files (a file's shared fixtures are
+# built once), the longest first (tests/conftest.py); TEST_WORKERS=0 runs it in this
+# process instead.
+TEST_WORKERS ?= auto
+PYTEST := XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(PY) -m ruff check mipae_jax experiments tests benchmarks
-	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 tests
+	$(PYTEST) tests
 
 # Train MIPAE on rendered Moving dSprites on CPU, then the LSTM, then evaluate; then draw
 # the shipped pretrained model (inference on a few videos) into the same report.
@@ -38,7 +43,7 @@ demo: $(STAMP)
 # The suite with its full-size trials too (tests marked `full`: the probe estimator's whole
 # self-check at 20,000 and 40,000 frames, ...): about as long again as `make test`.
 test-full: $(STAMP)
-	XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0" $(PY) -m pytest -q --durations=20 --full tests
+	$(PYTEST) --full tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[bench]'

@@ -144,7 +144,11 @@ def test_a_stop_signal_to_one_process_stops_both_at_one_saved_step(tmp_path, cac
     assert w.resumed_from() == saved[0], w.report()
 
 
-@pytest.mark.parametrize('victim', [1, 0], ids=['worker_killed', 'chief_killed'])
+# The chief's death is JAX's coordination service's to report (the survivor is terminated
+# by it); the worker's is ours (PeerLost), so only that case runs in `make test`.
+@pytest.mark.parametrize('victim', [pytest.param(1, id='worker_killed'),
+                                    pytest.param(0, id='chief_killed',
+                                                 marks=pytest.mark.full)])
 def test_a_killed_process_stops_the_other_within_bounded_time(tmp_path, cache_dir, victim):
   pair = start_pair(tmp_path / 'run', tmp_path / 'out.npz', cache_dir, ae_steps=10_000,
                     step_delay=0.05)

@@ -14,14 +14,16 @@ from mipae_jax.configs import tiny
 from mipae_jax.data import dsprites
 from mipae_jax.metrics import knn, mig, probe, validation
 
-CORE = ('ideal', 'leaky')
+# Leaky: the case whose bound is hardest to reach (18 informative directions), and which
+# has every quantity of the ideal case but one (I(fp;zc) near H instead of near 0, as
+# I(fc;zp) is); the ideal case and the others are in the full-size trial (`suite`).
+CORE = ('leaky',)
 
 
 @pytest.fixture(scope='module')
 def core():
-  """Two known answers at the validated size (20,000 frames): ideal, and leaky, the case
-  whose bound is hardest to reach (18 informative directions); and the bound for a 2-wide
-  projection of the leaky z_c. The whole suite is a full-size trial (`suite`)."""
+  """The known answer of the leaky case at the validated size (20,000 frames) and the
+  bound for a 2-wide projection of its z_c."""
   return validation.run_suite(20_000, knn=False, twice=(), cases=CORE, widths=(2,))
 
 
@@ -223,8 +225,8 @@ def test_trained_model_leak_is_at_least_an_independent_probes_bound():
     state, _ = step(state, videos, jax.random.key(100))
   z_c, z_p, content, pose = evaluate.encode_static(
       config, train.autoencoder_variables(state), source, 6000, 7)
-  groups = source.factor_groups('test')
-  ours = mig.probe_mig(z_c, z_p, content, pose, groups['content'], groups['pose'])
+  # I(f_p; z_c) alone: the term of mig.probe_mig that this checks.
+  ours = probe.mi_lower_bound(z_c, pose, source.factor_groups('test')['pose'])['mi']
   theirs = sum(_independent_bound(z_c, pose[:, i], 32) for i in range(2))
   assert theirs > 0.3  # There is a leak to find.
-  assert ours['I_fp_zc'] >= theirs - 0.02, (ours['I_fp_zc'], theirs)
+  assert ours >= theirs - 0.02, (ours, theirs)
