@@ -325,17 +325,8 @@ def param_shapes() -> dict[str, tuple[int, ...]]:
 def _checked(flat: Mapping[str, np.ndarray], source: str) -> dict:
   """The nested float32 tree from '/'-joined `flat`, refused unless it is exactly the
   I3D's."""
+  safe_pickle.check_arrays(flat, param_shapes(), 'Kinetics-400 I3D', 'the I3D', source)
   want = _layout()
-  missing = [k for k in want if k not in flat]
-  extra = [k for k in flat if k not in want]
-  if missing or extra:
-    raise errors.DataError(
-        f'{source}: not Kinetics-400 I3D weights (missing {missing[:3]}, unexpected '
-        f'{extra[:3]}{" ..." if len(missing) + len(extra) > 6 else ""}).')
-  for k, (_, shape) in want.items():
-    if tuple(np.shape(flat[k])) != shape:
-      raise errors.DataError(f'{source}: {k} has shape {tuple(np.shape(flat[k]))}, the I3D '
-                             f'needs {shape}.')
   # Module names hold '/', so the tree is built from the paths, not by splitting names.
   return traverse_util.unflatten_dict(
       {path: np.asarray(flat[k], np.float32) for k, (path, _) in want.items()})

@@ -260,17 +260,7 @@ def param_shapes(net: str) -> dict[str, tuple[int, ...]]:
 
 def _checked(net: str, flat: Mapping[str, np.ndarray], source: str) -> dict:
   """The nested float32 tree from '/'-joined `flat`, refused unless it is exactly `net`'s."""
-  want = param_shapes(net)
-  missing = [k for k in want if k not in flat]
-  extra = [k for k in flat if k not in want]
-  if missing or extra:
-    raise errors.DataError(
-        f'{source}: not LPIPS-{net} weights (missing {missing[:3]}, unexpected '
-        f'{extra[:3]}{" ..." if len(missing) + len(extra) > 6 else ""}).')
-  for k, shape in want.items():
-    if tuple(np.shape(flat[k])) != shape:
-      raise errors.DataError(f'{source}: {k} has shape {tuple(np.shape(flat[k]))}, LPIPS-'
-                             f'{net} needs {shape}.')
+  safe_pickle.check_arrays(flat, param_shapes(net), f'LPIPS-{net}', f'LPIPS-{net}', source)
   return traverse_util.unflatten_dict(
       {k: np.asarray(v, np.float32) for k, v in flat.items()}, sep='/')
 

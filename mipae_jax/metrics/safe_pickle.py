@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -127,3 +128,24 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if head.startswith(b'version https://git-lfs') else '')
     raise errors.DataError(f'{path} is not a readable .npz of arrays '
                            f'({errors.first_line(str(e))}).{hint}') from e
+
+
+def check_arrays(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
+                 what: str, owner: str, source: str) -> None:
+  """Refuses `flat` ({name: array}, read from `source`) unless it holds exactly the
+  arrays `shapes` names, each of its shape.
+
+  Raises:
+    DataError: `SOURCE: not WHAT weights (missing [...], unexpected [...])`, or
+      `SOURCE: NAME has shape S, OWNER needs T.`
+  """
+  missing = [k for k in shapes if k not in flat]
+  extra = [k for k in flat if k not in shapes]
+  if missing or extra:
+    raise errors.DataError(
+        f'{source}: not {what} weights (missing {missing[:3]}, unexpected '
+        f'{extra[:3]}{" ..." if len(missing) + len(extra) > 6 else ""}).')
+  for k, shape in shapes.items():
+    if tuple(np.shape(flat[k])) != tuple(shape):
+      raise errors.DataError(f'{source}: {k} has shape {tuple(np.shape(flat[k]))}, {owner} '
+                             f'needs {tuple(shape)}.')
