@@ -263,15 +263,9 @@ def _make_fns(sizes: tuple[int, ...], ordinal: tuple[bool, ...],
   `train_probe` never touch what is cached."""
   model = Probe(sizes, hidden, depth)
   tx = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-  masks = np.asarray(masks, np.float32)
-  epoch, evaluate = _probe_fns(model, tx, batch_size, sizes, ordinal, masks)
-  return model, tx, epoch, evaluate
-
-
-def _probe_fns(model, tx, batch_size, sizes, ordinal, masks):
   ordinal = jnp.asarray(ordinal, jnp.float32)
   scale = jnp.asarray([max(s - 1, 1) for s in sizes], jnp.float32)
-  masks = jnp.asarray(masks)
+  masks = jnp.asarray(masks, jnp.float32)
 
   def apply(params, z, e, base):
     return model.apply(params, group_inputs(z, e, masks), base)
@@ -306,7 +300,7 @@ def _probe_fns(model, tx, batch_size, sizes, ordinal, masks):
     logits, mu, sigma = apply(params, z, e, base)
     return _log_softmax_at(logits, ids), _log_gauss_at(mu, sigma, ids, sizes)
 
-  return epoch, evaluate
+  return model, tx, epoch, evaluate
 
 
 def _mixture_ce(log_cls, log_gauss, ordinal):
