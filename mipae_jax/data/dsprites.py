@@ -417,7 +417,7 @@ class MovingDSprites(common.VideoSource):
 
     Kept per process for each setting that determines it: every evaluation builds its
     own source, and rendering the 20,000 frames takes a second."""
-    key = (split, n, seed, self.image_size, self.num_objects, self.rotation,
+    key = (split, n, seed, self.image_size, self.channels, self.num_objects, self.rotation,
            self.combos[split].tobytes(),
            hashlib.sha256(np.ascontiguousarray(self.sprites).tobytes()).hexdigest(),
            np.asarray(self.position_pixels).tobytes())
@@ -442,8 +442,8 @@ class MovingDSprites(common.VideoSource):
         # the cost when done on every frame.
         differ = np.flatnonzero(~equal)
         if len(differ) and s != common.CANVAS:
-          a, b = (common.area_downsample(x[differ].astype(np.float32), s, np)
-                  for x in (other, true))
+          a, b = (common.area_downsample(frames[differ].astype(np.float32), s, np)
+                  for frames in (other, true))
           equal[differ] = np.all((a == b).reshape(len(differ), -1), axis=1)
         same += equal
       total += float(np.sum(np.log(same)))
