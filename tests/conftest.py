@@ -16,6 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault(
     'XLA_FLAGS', '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One BLAS thread per process (set before numpy loads OpenBLAS, and inherited by every
+# worker and subprocess): OpenBLAS threads spin while they wait, so beside another busy
+# process (the other pytest-xdist worker) a small least-squares fit of the probe takes an
+# order of magnitude longer with two threads than with one (BENCHMARKS.md).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 # One persistent compilation cache for the session and every subprocess it starts: many
 # tests build the same tiny programs again (a second run of a workdir, a resumed stage, a
