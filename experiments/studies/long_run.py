@@ -8,7 +8,8 @@ keep them all), at one `--mig_samples` and one `eval.seed`: the analogy accuracy
 and scale kept from the content source, position from the pose source; with its ceiling
 and blob level), the probe MIG and its four MIs, the linear R^2 of pose from z_c, and the
 analogy and reconstruction pictures. A step already in OUT/curve.json is not redone, so
-the same command extends the curve as the runs go on. The pose LSTM is trained after the
+the same command extends the curve as the runs go on; `--redo` evaluates every step again
+(after a change to the evaluation), replacing its row. The pose LSTM is trained after the
 autoencoder, so SSIM/PSNR/LPIPS per future step are those of the run's own evaluation
 (`WORKDIR/eval/metrics.json`), at its last step only.
 
@@ -121,10 +122,15 @@ def main(argv=None) -> int:
   parser.add_argument('--out', required=True)
   parser.add_argument('--mig_samples', type=int, default=20_000)
   parser.add_argument('--analogy_videos', type=int, default=200)
+  parser.add_argument('--redo', action='store_true',
+                      help='evaluate every kept step again, replacing its row')
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'curve.json')
   rows = json.load(open(path)) if os.path.exists(path) else []
+  if args.redo:  # Rows of these runs are all measured again (a step no longer kept: gone).
+    given = {os.path.basename(os.path.normpath(os.path.expanduser(w))) for w in args.workdir}
+    rows = [r for r in rows if r['run'] not in given]
   done = {(r['run'], r['step']) for r in rows}
   finals, runs = {}, {}
   for workdir in (os.path.expanduser(w) for w in args.workdir):
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
         continue
       row = evaluate_step(config, workdir, step, source, os.path.join(args.out, run, str(step)),
                           args.analogy_videos)
-      rows.append(row)
+      rows = [r for r in rows if (r['run'], r['step']) != (run, step)] + [row]
       rows.sort(key=lambda r: (r['run'], r['step']))
       with open(path, 'w') as f:
         json.dump(rows, f, indent=1)  # After every step: a killed pass loses one step.
