@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         continue
       row = evaluate_step(config, workdir, step, source, os.path.join(args.out, run, str(step)),
                           args.analogy_videos)
-      rows = [r for r in rows if (r['run'], r['step']) != (run, step)] + [row]
+      rows.append(row)
       rows.sort(key=lambda r: (r['run'], r['step']))
       with open(path, 'w') as f:
         json.dump(rows, f, indent=1)  # After every step: a killed pass loses one step.
