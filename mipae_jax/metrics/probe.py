@@ -162,6 +162,12 @@ MIN_SIGMA = 0.05  # Levels: below this every grid's Gaussian is a point mass any
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.97, 0.99, 0.999)
 
 
+def ordinal_level(level, size: int):
+  """An ordinal group's level (0 .. size - 1) scaled to [-1, 1], as the chain's later
+  groups see it (numpy or jax arrays alike)."""
+  return 2 * level / max(size - 1, 1) - 1
+
+
 def label_features(ids, sizes, ordinal):
   """What a later group's head sees of the earlier groups' labels.
 
@@ -171,7 +177,7 @@ def label_features(ids, sizes, ordinal):
   feats, owner = [], []
   for g, (size, o) in enumerate(zip(sizes, ordinal, strict=True)):
     if o:
-      feats.append((2 * ids[:, g:g + 1] / max(size - 1, 1) - 1).astype(np.float32))
+      feats.append(ordinal_level(ids[:, g:g + 1], size).astype(np.float32))
       owner.append(np.full(1, g))
     else:
       feats.append(np.eye(size, dtype=np.float32)[ids[:, g]])
@@ -215,7 +221,7 @@ class _ChainDense(nn.Module):
 
     def label_term(g):  # [B, features]: group g's label times its rows of the kernel.
       if self.ordinal[g]:
-        level = 2 * ids[:, g].astype(z.dtype) / max(self.sizes[g] - 1, 1) - 1
+        level = ordinal_level(ids[:, g].astype(z.dtype), self.sizes[g])
         return level[:, None] * kernel[start[g]]
       return kernel[start[g] + ids[:, g]]
 
@@ -319,8 +325,7 @@ def _make_fns(sizes: tuple[int, ...], ordinal: tuple[bool, ...], batch_size: int
   `train_probe` never touch what is cached."""
   model = Probe(sizes, ordinal, hidden, depth)
   tx = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-  is_ordinal = ordinal
-  ordinal = jnp.asarray(ordinal, jnp.float32)
+  ordinal_mask = jnp.asarray(ordinal, jnp.float32)
   scale = jnp.asarray([max(s - 1, 1) for s in sizes], jnp.float32)
 
   def loss_fn(params, z, base, ids):
@@ -331,7 +336,7 @@ def _make_fns(sizes: tuple[int, ...], ordinal: tuple[bool, ...], batch_size: int
     mse = jnp.mean(((mu - ids) / scale) ** 2, axis=0)
     r = jax.lax.stop_gradient(mu) - ids
     nll = jnp.mean(jnp.log(sigma) + 0.5 * (r / sigma) ** 2, axis=0)
-    return jnp.sum(ce) + jnp.sum((mse + nll) * ordinal)
+    return jnp.sum(ce) + jnp.sum((mse + nll) * ordinal_mask)
 
   def train_step(carry, batch):
     params, opt_state = carry
@@ -357,10 +362,9 @@ def _make_fns(sizes: tuple[int, ...], ordinal: tuple[bool, ...], batch_size: int
     logits, mu, sigma = model.apply(params, z, ids, base)
     cls = _log_softmax_at(logits, ids)[:, :, None, None]  # [N, G, 1, 1]
     lam = jnp.asarray(LAMBDAS, jnp.float32)
-    mix = jnp.logaddexp(jnp.log(lam) + _log_gauss_at(mu, sigma, ids, sizes, is_ordinal)[..., None],
+    mix = jnp.logaddexp(jnp.log(lam) + _log_gauss_at(mu, sigma, ids, sizes, ordinal)[..., None],
                         jnp.log1p(-lam) + cls)
-    shape = mix.shape
-    return jnp.where(ordinal[:, None, None] > 0, mix, jnp.broadcast_to(cls, shape))
+    return jnp.where(ordinal_mask[:, None, None] > 0, mix, jnp.broadcast_to(cls, mix.shape))
 
   return model, tx, epoch, evaluate
 
@@ -373,7 +377,7 @@ def _mixture_ce(evaluate, params, arrays, rows, chunk: int):
   total = 0.0
   for s in range(0, len(pad), chunk):
     part = np.asarray(evaluate(params, *(a[pad[s:s + chunk]] for a in arrays)), np.float64)
-    total = total - part[:max(0, min(chunk, len(rows) - s))].sum(0)
+    total = total - part[:len(rows) - s].sum(0)  # The last chunk's padding left out.
   return total / len(rows)
 
 
@@ -447,7 +451,7 @@ def train_probe(z, ids, sizes, ordinal, config: ProbeConfig = DEFAULT) -> dict:
       best_s, best_l = np.where(improved, s_i, best_s), np.where(improved, l_i, best_l)
       best_epoch = np.where(improved, ep, best_epoch)
       best_val = np.where(improved, val_best, best_val)
-      kept = {e: p for e, p in kept.items() if e in best_epoch} | {ep: params}
+      kept = {k: p for k, p in kept.items() if k in best_epoch} | {ep: params}
       since = 0
     else:
       since += 1
@@ -460,9 +464,9 @@ def train_probe(z, ids, sizes, ordinal, config: ProbeConfig = DEFAULT) -> dict:
   # Each group's bound: its test CE at the epoch, width and weight its validation CE chose.
   # The test rows are scored only here, once per kept epoch: selection never saw them.
   best_test = np.full(g, np.nan)
-  for e, kept_params in kept.items():
+  for kept_epoch, kept_params in kept.items():
     test = _mixture_ce(evaluate, kept_params, arrays, te, chunk)
-    mine = best_epoch == e
+    mine = best_epoch == kept_epoch
     best_test[mine] = test[np.arange(g), best_s, best_l][mine]
   best_lam = np.where(ordinal, np.asarray(LAMBDAS)[best_l], 0.0)
   best_sigma = np.asarray(SIGMAS)[best_s]
