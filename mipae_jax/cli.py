@@ -200,9 +200,12 @@ class _OneLine:
   of them, with TensorStore specs), and the CheckpointError that follows says it all."""
 
   def filter(self, record) -> bool:
-    if record.name == 'asyncio' and str(record.msg).startswith(
-        'Task exception was never retrieved'):
-      return False  # One per array write of a failed save: the same error again.
+    if record.name == 'asyncio' and 'exception was never retrieved' in errors.first_line(
+        str(record.msg), 200):
+      # One per array write of a failed save ('Task', 'Future' or '_GatheringFuture
+      # exception was never retrieved', logged when the futures are collected): the
+      # same error again.
+      return False
     if record.exc_info or record.exc_text or '\n' in str(record.msg):
       record.msg = errors.first_line(record.getMessage(), 400)
       record.args = ()
@@ -221,6 +224,12 @@ def setup_logging() -> None:
     if not verbose():
       logging.getLogger(name).addFilter(_OneLine())
   if not verbose():
+    import warnings
+
+    # A failed save leaves TensorStore's write coroutines unawaited; the interpreter
+    # warns about each when it collects them at exit, after the CheckpointError.
+    warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited',
+                            category=RuntimeWarning)
     sys.excepthook = _quiet_closed_loop(sys.excepthook)
     unraisable = sys.unraisablehook
     sys.unraisablehook = lambda u: (None if _closed_loop(u.exc_value) else unraisable(u))

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -191,6 +192,38 @@ def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
   assert any(x.startswith('CheckpointError: saving checkpoint step 1') and
              '(OS error 27: File too large)' in x for x in lines)
   assert any(x.startswith('To fix: free disk space') for x in lines)
+
+
+def test_a_failed_saves_leftovers_stay_out_of_the_output():
+  """What a failed Orbax save leaves behind, collected when the tool exits: futures
+  whose exception nobody read (asyncio logs 'Future/_GatheringFuture/Task exception was
+  never retrieved', each with a traceback) and TensorStore's unawaited write coroutines
+  (a RuntimeWarning each). After `setup_logging` none of it is printed; other asyncio
+  errors and other warnings still are."""
+  script = textwrap.dedent("""
+      import asyncio, gc, logging, sys, warnings
+      from mipae_jax import cli
+      cli.setup_logging()
+      async def write_fragment(): pass
+      coroutine = write_fragment()
+      del coroutine
+      loop = asyncio.new_event_loop()
+      for make in (loop.create_future, lambda: asyncio.gather(loop.create_future())):
+        future = make()
+        future.set_exception(ValueError('zarr write failed'))
+        del future
+      gc.collect()
+      logging.getLogger('asyncio').error('kept: another asyncio error')
+      warnings.warn('kept: another warning', RuntimeWarning)
+      """)
+  env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  assert 'never retrieved' not in out.stderr and 'never awaited' not in out.stderr, out.stderr
+  assert 'tracemalloc' not in out.stderr, out.stderr
+  assert 'kept: another asyncio error' in out.stderr
+  assert 'kept: another warning' in out.stderr
 
 
 # ------------------------------------------------------- The installed tools, in-process.
