@@ -9,13 +9,21 @@
 #       --workdir=~/runs/long-drnet-s0 --out=docs/study/long_run
 #
 # RUNS (default ~/runs) holds the workdirs and logs, outside the git tree. Each milestone
-# also retrains the pose LSTM (500 steps, the stale one is refused otherwise) and evaluates.
+# also retrains the pose LSTM (500 steps, the stale one is refused otherwise) and evaluates;
+# a milestone whose evaluation is written (eval/metrics.json at that step or later) is
+# skipped, since the tool refuses to shorten a run that has gone past it.
 set -euo pipefail
 RUNS=${RUNS:-$HOME/runs}
 PYTHON=${PYTHON:-python}
 mkdir -p "$RUNS"
 for target in ${MILESTONES:-20000 40000 70000 100000}; do
   for method in mipae drnet; do
+    evaluated=$("$PYTHON" -c 'import json, sys
+try:
+  print(json.load(open(sys.argv[1]))["ae_step"])
+except OSError:
+  print(0)' "$RUNS/long-$method-s0/eval/metrics.json")
+    if [ "$evaluated" -ge "$target" ]; then continue; fi
     nice -n 19 "$PYTHON" -m mipae_jax.commands.train --config=study \
       --workdir="$RUNS/long-$method-s0" --config.loss.name="$method" --config.seed=0 \
       --config.train.ae_steps="$target" --config.train.ckpt_every=5000 \

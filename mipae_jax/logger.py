@@ -63,6 +63,23 @@ def _to_uint8_image(name: str, image) -> np.ndarray:
   return a
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported on first use (disabled processes never touch
+  tensorboardX) without PyTorch: tensorboardX imports torch at import time when it is
+  installed (as on Colab), to accept torch tensors, which costs a second or more per
+  process; this logger passes numpy only. A torch that is already imported is used."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError meanwhile.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get('torch', 0) is None:
+      del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricLogger:
   """Appends scalars to `workdir/metrics.jsonl` and writes TensorBoard events.
 
@@ -84,9 +101,7 @@ class MetricLogger:
     if enabled:
       os.makedirs(self.workdir, exist_ok=True)
       self._jsonl = open(os.path.join(self.workdir, METRICS_FILE), 'a')
-      # Imported here so that disabled processes never touch tensorboardX.
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR))
+      self._tb = _summary_writer_class()(os.path.join(self.workdir, TENSORBOARD_DIR))
 
   @property
   def metrics_path(self) -> str:

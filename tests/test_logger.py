@@ -94,6 +94,26 @@ def test_disabled_logger_writes_nothing(tmp_path):
   assert not os.path.exists(workdir)
 
 
+def test_logger_does_not_import_torch(tmp_path):
+  """tensorboardX imports PyTorch when it is installed (a second or more per process);
+  the logger writes numpy only, so it keeps torch out, and torch still imports after."""
+  pytest.importorskip('torch')
+  script = ('import sys\n'
+            'from mipae_jax import logger\n'
+            f'log = logger.MetricLogger({str(tmp_path)!r})\n'
+            'log.write_scalars(1, {"loss": 0.5})\n'
+            'log.close()\n'
+            'assert "torch" not in sys.modules, "torch was imported"\n'
+            'import torch\n'
+            'print(torch.zeros(1).shape)\n')
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == 'torch.Size([1])'
+  assert [e.summary.value[0].simple_value for e in read_events(str(tmp_path))
+          if e.HasField('summary')] == [0.5]
+
+
 def test_check_finite_names_step_and_terms():
   logger_lib.check_finite(5, {'loss': 1.0, 'recon_loss': jnp.float32(0.1)}, 'ae')
   with pytest.raises(logger_lib.NonFiniteError) as e:
