@@ -173,7 +173,11 @@ def train_critic(rho, name='mipae', dim=2, steps=2000, batch=512, seed=0):
     updates, opt = tx.update(g, opt, params)
     return (optax.apply_updates(params, updates), opt), None
 
-  run = jax.jit(lambda c, ks: jax.lax.scan(step, c, ks)[0])
+  # Thousands of steps in one program: compiled at XLA's full optimisation even where
+  # XLA_FLAGS lower it (as `make test` does, for its many small programs), which runs them
+  # about twice as fast (the InfoNCE case: 26 s -> 16 s on 2 CPU cores).
+  run = jax.jit(lambda c, ks: jax.lax.scan(step, c, ks)[0],
+                compiler_options={'xla_backend_optimization_level': 3})
   params, _ = run((params, tx.init(params)), jax.random.split(key, steps))
   n = 50_000 if variant.scores == 'pairs' else batch
   a, b = gaussian_pairs(jax.random.key(99), n, rho, dim)
