@@ -398,3 +398,15 @@ def test_sprites_from_published_rejects_non_grid():
       return out
   with pytest.raises(ValueError, match=r"not a translation grid.*config.data.path = ''"):
     dsprites.sprites_from_published(Marked())
+
+
+@pytest.mark.parametrize('image_size', [32, 64])
+def test_front_ceiling_skips_only_frames_whose_order_cannot_show(image_size):
+  """H(front | image) drawn only where two sprites' crop windows meet is the count of
+  drawing every frame in every order, to the bit."""
+  src = dsprites.MovingDSprites(image_size=image_size)
+  rng = np.random.default_rng(3)
+  shape, scale, orient, x, y, front = src._draw_static(rng, src.combos['test'], 2000)
+  every = np.sum(np.log(src._orders_alike(shape, scale, orient, x, y, front, image_size)))
+  assert src._count_front_entropy('test', 2000, 3) == float(every) / 2000
+  assert 0 < float(every) / 2000 < np.log(2)
