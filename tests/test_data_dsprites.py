@@ -407,6 +407,6 @@ def test_front_ceiling_skips_only_frames_whose_order_cannot_show(image_size):
   src = dsprites.MovingDSprites(image_size=image_size)
   rng = np.random.default_rng(3)
   shape, scale, orient, x, y, front = src._draw_static(rng, src.combos['test'], 2000)
-  every = np.sum(np.log(src._orders_alike(shape, scale, orient, x, y, front, image_size)))
+  every = np.sum(np.log(src._orders_alike(shape, scale, orient, x, y, front)))
   assert src._count_front_entropy('test', 2000, 3) == float(every) / 2000
   assert 0 < float(every) / 2000 < np.log(2)

@@ -427,7 +427,7 @@ class MovingDSprites(common.VideoSource):
 
   def _count_front_entropy(self, split: str, n: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
-    k, s = self.num_objects, self.image_size
+    k = self.num_objects
     h, w = self.sprites.shape[-2:]
     total = 0.0
     for i in range(0, n, 5000):
@@ -447,13 +447,13 @@ class MovingDSprites(common.VideoSource):
       sub = np.flatnonzero(meet)
       if len(sub):
         same[sub] = self._orders_alike(shape[sub], scale[sub], orient[sub], x[sub], y[sub],
-                                       front[sub], s)
+                                       front[sub])
       total += float(np.sum(np.log(same)))
     return total / n
 
-  def _orders_alike(self, shape, scale, orient, x, y, front, s) -> np.ndarray:
+  def _orders_alike(self, shape, scale, orient, x, y, front) -> np.ndarray:
     """[M] how many of the k front orders render each frame exactly as its own does."""
-    m, k = shape.shape
+    (m, k), s = shape.shape, self.image_size
     true = self._frames_static(shape, scale, orient, x, y, front)
     same = np.zeros(m)
     for f in range(k):
