@@ -50,6 +50,9 @@ def main():
   import jax
   import numpy as np
 
+  if args.coordinator:
+    share_compiled_programs()
+
   from mipae_jax import data, distributed, parallel, pipeline
   from mipae_jax.configs import tiny
   from mipae_jax.data import common
@@ -112,6 +115,25 @@ def main():
     with open(args.audit_writes, 'w') as f:
       json.dump(writes, f)
   print(f'DONE {result.step} steps_run={result.steps_run}', flush=True)
+
+
+def share_compiled_programs():
+  """Lets every process of a group read the programs process 0 compiled.
+
+  On CPU, JAX keys its persistent compilation cache by the topology's fingerprint, which
+  differs between the processes of one group, and only process 0 writes the cache: any
+  other process compiles every program itself, every time, while process 0 waits for it
+  at the first collective (4-5 s a start here). Keyed by the devices' kind instead (JAX's
+  own key for a backend without a topology), process 1 reads process 0's entries, and on
+  a miss receives process 0's program through the coordinator (share_binary_between_hosts)
+  instead of compiling it. The tests compare the parameters with a single process's to
+  1e-5, so a wrong program would show.
+  """
+  import jax
+  from jax._src import cache_key
+
+  cache_key._hash_accelerator_config = cache_key._hash_devices
+  jax.config.update('jax_share_binary_between_hosts', True)
 
 
 def audit_writes(workdir):
