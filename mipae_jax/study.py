@@ -359,11 +359,11 @@ def _curves(run_dir: str) -> dict:
 
 def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[str]:
   """MIG per method, SSIM/PSNR per step with bands, training curves. Returns file names."""
-  from mipae_jax import visualize  # Sets matplotlib's headless backend first.
-  plt = visualize.plt
+  from mipae_jax import visualize
   files = []
   methods = list(summary['methods'])
-  fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(methods), 3.5), dpi=100)
+  fig = visualize.figure(figsize=(1.6 + 1.2 * len(methods), 3.5), dpi=100)
+  ax = fig.subplots()
   for i, m in enumerate(methods):
     e = summary['methods'][m]
     for key, dx, marker in (('mig', -0.12, 'o'), ('paper_mig', 0.12, 's')):
@@ -381,7 +381,6 @@ def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(study_dir, 'mig.png'))
-  plt.close(fig)
   files.append('mig.png')
   for curve, label in (('ssim', 'SSIM'), ('psnr', 'PSNR (dB)'),
                        ('lpips', 'LPIPS (lower is better)')):
@@ -390,7 +389,8 @@ def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[
     if curves:
       visualize.plot_per_step(curves, os.path.join(study_dir, f'{curve}.png'), label)
       files.append(f'{curve}.png')
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+  fig = visualize.figure(figsize=(9, 3.5), dpi=100)
+  axes = fig.subplots(1, 2)
   for i, m in enumerate(methods):
     for r in (r for r in rows if r['method'] == m):
       c = _curves(os.path.join(study_dir, r['run']))
@@ -405,7 +405,6 @@ def write_pictures(study_dir: str, rows: Sequence[dict], summary: dict) -> list[
   axes[0].set_yscale('log')
   fig.tight_layout()
   fig.savefig(os.path.join(study_dir, 'training.png'))
-  plt.close(fig)
   files.append('training.png')
   return files
 

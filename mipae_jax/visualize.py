@@ -8,14 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')  # headless: evaluation runs on machines without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
 # Pixels between frames / rows, and the grey that fills gaps and blank cells.
 PAD = 2
@@ -118,11 +112,22 @@ def save_image_grid(images, path: str, blank_corner: bool = True) -> None:
   Image.fromarray(_mosaic(_rgb(images), blank)).save(path)
 
 
+def figure(**kwargs):
+  """A matplotlib Figure of its own (`matplotlib.figure.Figure(**kwargs)`), drawn and
+  saved without pyplot: the process's backend (a notebook's inline one) stays as it is,
+  nothing needs closing, and matplotlib is imported only when a plot is drawn."""
+  from matplotlib.figure import Figure
+  return Figure(**kwargs)
+
+
 def plot_per_step(curves: Mapping[str, tuple], path: str, ylabel: str,
                   xlabel: str = 'future step', title: str | None = None,
-                  first_step: int = 1) -> None:
-  """Line plot with 95% bands. curves: name -> (mean [T], ci [T]); steps from first_step."""
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+                  first_step: int = 1):
+  """Line plot with 95% bands. curves: name -> (mean [T], ci [T]); steps from first_step.
+  Returns the saved Figure."""
+  from matplotlib.ticker import MaxNLocator
+  fig = figure(figsize=(5, 3.5), dpi=100)
+  ax = fig.subplots()
   for name, (mean, ci) in curves.items():
     mean, ci = np.asarray(mean, np.float64), np.asarray(ci, np.float64)
     t = np.arange(first_step, first_step + len(mean))
@@ -139,4 +144,4 @@ def plot_per_step(curves: Mapping[str, tuple], path: str, ylabel: str,
   fig.tight_layout()
   _ensure_dir(path)
   fig.savefig(path)
-  plt.close(fig)
+  return fig

@@ -58,7 +58,9 @@ def test_position_code_spans_minus_one_to_one():
 
 
 def test_a_short_diagnostic_run_learns():
-  res = shape_binding.diagnose('dcgan', steps=100, shift=4, frames=1500, nf=4,
+  # 40 steps are what the assertion needs: the loss is at 0.53 of its first value there
+  # (0.15 of it at 100 steps).
+  res = shape_binding.diagnose('dcgan', steps=40, shift=4, frames=1500, nf=4,
                                log_every=10)
   first, last = res['losses'][0][1], res['losses'][-1][1]
   assert last < 0.8 * first, res['losses']

@@ -6,7 +6,6 @@ import os
 import re
 import types
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from helpers import stub_scoring
@@ -97,21 +96,15 @@ def test_report_bolds_r2_leakage():
 
 
 @pytest.mark.parametrize('steps', [2, 3, 5, 10])
-def test_per_step_plot_has_integer_ticks(tmp_path, monkeypatch, steps):
-  figures = []  # The figure plot_per_step saves, kept open to read its axis.
-  monkeypatch.setattr(visualize.plt, 'close', figures.append)
+def test_per_step_plot_has_integer_ticks(tmp_path, steps):
   mean = np.linspace(0.9, 0.5, steps)
-  visualize.plot_per_step({'mipae': (mean, np.full(steps, 0.02))}, str(tmp_path / 'ssim.png'),
-                          'SSIM')
-  monkeypatch.undo()
-  try:
-    ax = figures[0].axes[0]
-    lo, hi = ax.get_xlim()
-    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
-    assert len(shown) >= 2
-    assert all(float(t).is_integer() for t in shown), shown
-  finally:
-    plt.close(figures[0])
+  fig = visualize.plot_per_step({'mipae': (mean, np.full(steps, 0.02))},
+                                str(tmp_path / 'ssim.png'), 'SSIM')
+  ax = fig.axes[0]  # The figure as saved.
+  lo, hi = ax.get_xlim()
+  shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+  assert len(shown) >= 2
+  assert all(float(t).is_integer() for t in shown), shown
 
 
 def test_plot_per_step_writes_png(tmp_path):

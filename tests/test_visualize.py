@@ -1,5 +1,9 @@
 """Every picture writer produces a file PIL can open, with the expected size."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -74,3 +78,28 @@ def test_bad_shapes_raise(tmp_path):
     vis.save_filmstrip(_video(), str(tmp_path / 'x.png'))  # missing the row axis
   with pytest.raises(ValueError):
     vis.save_gif(_video(c=2), str(tmp_path / 'x.gif'))
+
+
+def test_the_library_leaves_matplotlibs_backend_alone(tmp_path):
+  """A notebook's figures show through its own backend (Colab's inline one): importing
+  the library, evaluating and drawing the study's pictures neither switch it nor load
+  pyplot (a fresh process, since this one may have pyplot loaded already)."""
+  code = textwrap.dedent(f"""
+      import sys
+      import matplotlib
+      matplotlib.use('svg')  # Any backend the user chose.
+      import mipae_jax, mipae_jax.pipeline, mipae_jax.evaluate, mipae_jax.study
+      from mipae_jax import visualize
+      assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded on import'
+      assert 'matplotlib.figure' not in sys.modules, 'matplotlib loaded before any plot'
+      visualize.plot_per_step({{'a': ([0.9, 0.8], [0.01, 0.02])}}, {str(tmp_path / 'p.png')!r},
+                              'SSIM')
+      assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()
+      assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded by a plot'
+      print('ok')
+      """)
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       timeout=300)
+  assert out.stdout.strip() == 'ok', out.stderr[-3000:]
+  with Image.open(tmp_path / 'p.png') as im:
+    assert im.format == 'PNG'

@@ -32,15 +32,13 @@ def main(argv=None):
   parser.add_argument('--out', required=True)
   parser.add_argument('workdirs', nargs='+')
   args = parser.parse_args(argv)
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from mipae_jax import visualize
 
   n = len(args.workdirs)
   cols = min(n, 5)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3 * rows), sharey=True,
-                           squeeze=False)
+  fig = visualize.figure(figsize=(3.6 * cols, 3 * rows))
+  axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
   for ax in axes.flat[n:]:
     ax.set_visible(False)
   for ax, wd in zip(axes.flat[:n], args.workdirs, strict=True):
