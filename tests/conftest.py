@@ -22,11 +22,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # order of magnitude longer with two threads than with one (BENCHMARKS.md).
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-# One persistent compilation cache for the session, both pytest-xdist workers and every
-# subprocess they start: many tests build the same tiny programs again (a second run of a
-# workdir, a resumed stage, a study's seeds, the other worker's tests of the tiny config),
-# and a cached executable computes the same bits as a fresh compile. Fresh per session,
-# so nothing carries over between runs of the suite.
+# One persistent compilation cache for the session and every subprocess it starts: many
+# tests build the same tiny programs again (a second run of a workdir, a resumed stage, a
+# study's seeds), and a cached executable computes the same bits as a fresh compile.
+# Fresh per session, so nothing carries over between runs of the suite.
 # What evaluation trains once and caches (the analogy classifier) stays in the session.
 if 'MIPAE_CACHE_DIR' not in os.environ:
   _mipae_cache = tempfile.mkdtemp(prefix='mipae-cache-')
@@ -39,10 +38,11 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-# With a size limit JAX reads and writes each entry under a file lock (filelock), so one
-# process never reads an entry that another is still writing; without one it locks
-# nothing. 8 GiB is never reached (a whole suite writes a few hundred MB).
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+# `make test` runs one pytest-xdist worker per core; each keeps a cache of its own, since
+# JAX writes an entry without a lock and one worker could read another's half-written one.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      os.environ['JAX_COMPILATION_CACHE_DIR'], os.environ['PYTEST_XDIST_WORKER'])
 
 FULL_ENV = 'MIPAE_FULL_TESTS'
 
@@ -56,10 +56,8 @@ def pytest_addoption(parser):
 # The files that take longest on 2 cores, longest first (`pytest --durations=0`). pytest-xdist
 # (`make test`: --dist loadfile --no-loadscope-reorder) hands out whole files in collection
 # order, so these start first and no worker begins a long file while the other has
-# nearly finished; the rest follow in their usual order. The study comes second: its runs
-# compile the tiny config's programs while the other worker runs files that need none of
-# them, and every later test of that config, on either worker, finds them in the cache.
-LONGEST_FIRST = ('test_probe_mig.py', 'test_study.py', 'test_multiprocess.py',
+# nearly finished; the rest follow in their usual order.
+LONGEST_FIRST = ('test_probe_mig.py', 'test_multiprocess.py', 'test_study.py',
                  'test_pipeline.py', 'test_reliability.py', 'test_train.py', 'test_readme.py',
                  'test_losses.py', 'test_models.py', 'test_tfds_training.py')
 

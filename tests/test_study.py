@@ -63,9 +63,9 @@ def finished_study(tmp_path_factory):
   """Runs the study, SIGKILLs it once its first run is done, then reruns the command."""
   workdir = str(tmp_path_factory.mktemp('study'))
   cmd = [sys.executable, *CMD, f'--workdir={workdir}']
-  # The runs share the session's persistent compilation cache (tests/conftest.py): runs
-  # of one method differ only in their seed, so each program compiles once, and the later
-  # tests of either worker find the tiny config's programs compiled.
+  # The runs share this test worker's persistent compilation cache (tests/conftest.py):
+  # runs of one method differ only in their seed, so each program compiles once, and
+  # the later tests of this worker find the tiny config's programs compiled.
   first = os.path.join(workdir, 'mipae-s0', 'eval', 'metrics.json')
   # The study starts the next run once the first has exited and its time is recorded;
   # the first run still writes its report after its metrics.
