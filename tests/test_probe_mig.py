@@ -20,11 +20,15 @@ from mipae_jax.metrics import knn, mig, probe, validation
 CORE = ('leaky',)
 
 
-@pytest.fixture(scope='module')
-def core():
-  """The known answer of the leaky case at the validated size (20,000 frames) and the
-  bound for a 2-wide projection of its z_c."""
-  return validation.run_suite(20_000, knn=False, twice=(), cases=CORE, widths=(2,))
+# `make test` checks the leaky case at 8,000 frames (measured: MIG 0.5011 of 0.5, I(fp;zc)
+# 6.915 of 6.931, every check passing with the validated size's tolerances, in half its
+# time); the validated size itself, 20,000 frames, is a full-size trial (--full).
+@pytest.fixture(scope='module', params=[8_000, pytest.param(20_000, marks=pytest.mark.full)],
+                ids=['8000', 'validated_size'])
+def core(request):
+  """The known answer of the leaky case and the bound for a 2-wide projection of its z_c,
+  at `request.param` frames."""
+  return validation.run_suite(request.param, knn=False, twice=(), cases=CORE, widths=(2,))
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +41,7 @@ def suite():
 
 
 @pytest.mark.parametrize('case', CORE)
-def test_known_answers_at_the_validated_size(core, case):
+def test_known_answers(core, case):
   r = core[case]
   assert r['mig'] == pytest.approx(validation.EXPECTED[case], abs=0.05), r
   assert r['ok'], r
