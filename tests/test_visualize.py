@@ -82,8 +82,8 @@ def test_bad_shapes_raise(tmp_path):
 
 def test_the_library_leaves_matplotlibs_backend_alone(tmp_path):
   """A notebook's figures show through its own backend (Colab's inline one): importing
-  the library, evaluating and drawing the study's pictures neither switch it nor load
-  pyplot (a fresh process, since this one may have pyplot loaded already)."""
+  the library (its pipeline, evaluation and study modules) and drawing a plot neither
+  switch it nor load pyplot (a fresh process, since this one may have pyplot loaded)."""
   code = textwrap.dedent(f"""
       import sys
       import matplotlib
