@@ -178,7 +178,8 @@ def train_critic(rho, name='mipae', dim=2, steps=2000, batch=512, seed=0):
   # Thousands of steps in one program: compiled at XLA's full optimisation even where
   # XLA_FLAGS lower it (as `make test` does, for its many small programs), which runs them
   # about twice as fast (the InfoNCE case: 26 s -> 16 s on 2 CPU cores). rho is an
-  # argument, so the cases of one variant share one compiled program.
+  # argument, so the cases of one variant lower to one program: each call builds a fresh
+  # jit, and the persistent compilation cache (tests/conftest.py) finds it compiled.
   run = jax.jit(lambda c, ks, rho: jax.lax.scan(functools.partial(step, rho), c, ks)[0],
                 compiler_options={'xla_backend_optimization_level': 3})
   params, _ = run((params, tx.init(params)), jax.random.split(key, steps), jnp.float32(rho))
