@@ -57,15 +57,10 @@ def test_known_answers_and_stability_in_n(suite, case):
   assert r['ok'], r
 
 
-def test_leaky_content_latent_shows_the_leak(core):
-  r = core['leaky']
-  assert r['I_fp_zc'] > 0.95 * validation.H_POSE
-  assert r['I_fc_zc'] > 0.95 * validation.H_CONTENT
-
-
-@pytest.mark.full
-def test_leaky_content_latent_shows_the_leak_at_the_validated_size(suite):
-  r = suite['leaky']
+@pytest.mark.parametrize('results', ['core', pytest.param('suite', marks=pytest.mark.full)],
+                         ids=['8000', 'validated_size'])
+def test_leaky_content_latent_shows_the_leak(request, results):
+  r = request.getfixturevalue(results)['leaky']
   assert r['I_fp_zc'] > 0.95 * validation.H_POSE
   assert r['I_fc_zc'] > 0.95 * validation.H_CONTENT
 
