@@ -27,7 +27,8 @@ ADDED_FIELDS = {'model.normalize_pose': False, 'loss.recon': 'l2', 'loss.fg_weig
                 'eval.lpips': '', 'eval.analogy_videos': 0, 'eval.mig_estimator': 'probe',
                 'eval.paper_protocol': True, 'eval.knn_content_mode': 'continuous',
                 'eval.knn_pose_mode': 'continuous', 'eval.fvd_videos': 0,
-                'eval.fvd_resize': 'tf1'}
+                'eval.fvd_resize': 'tf1', 'loss.fg_anneal_start': 0,
+                'loss.fg_anneal_steps': 0}
 RECON_LOSSES = ('l2', 'l1', 'bce')
 
 
@@ -137,6 +138,8 @@ def validate(config, num_devices: int = 1) -> None:
   fg = config.loss.fg_weight
   if isinstance(fg, bool) or not isinstance(fg, (int, float)) or not fg >= 1:
     _fail('loss.fg_weight', fg, 'a number >= 1 (1 = every pixel weighs the same, the paper)')
+  for field in ('loss.fg_anneal_start', 'loss.fg_anneal_steps'):
+    _non_negative_int(config, field)
   if config.loss.name not in losses.names():
     _fail('loss.name', config.loss.name, f'one of {losses.names()}')
   problem = losses.variant(config.loss.name).check(config.loss)

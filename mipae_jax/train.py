@@ -196,11 +196,30 @@ def critic_step(state: AEState, video, key, *, nets: models.Networks, loss_confi
                  'critic_grad_norm': optax.tree.norm(grads)}
 
 
+def foreground_weight(loss_config, step=None):
+  """The weight of a lit pixel's reconstruction error at autoencoder step `step`.
+
+  `loss.fg_weight` until step `loss.fg_anneal_start`, then linearly down to 1 (every pixel
+  alike, the paper's loss) over `loss.fg_anneal_steps` steps, and 1 after. Without
+  annealing (`fg_anneal_steps` 0, or `step` None) it is the constant `fg_weight`, a
+  Python float, so the program is the one traced before annealing existed.
+  """
+  fg = float(loss_config.fg_weight)
+  ramp = int(loss_config.get('fg_anneal_steps', 0))
+  if ramp == 0 or step is None or fg == 1:
+    return fg
+  done = jnp.clip((step - int(loss_config.fg_anneal_start)) / ramp, 0.0, 1.0)
+  return fg + (1.0 - fg) * done
+
+
 def model_losses(params, stats, critic_params, video, k, r, neg_key, *,
-                 nets: models.Networks, loss_config, axis_name: str | None = None):
+                 nets: models.Networks, loss_config, axis_name: str | None = None,
+                 step=None):
   """The autoencoder objective for frame offsets `k` (content/pose frame) and `r`
   (reference pose frame) on `video [B, T, H, W, C]`, with `nets` built for `axis_name`
-  and `loss_config` the run's `config.loss`. Returns (total, (new batch_stats, loss terms)).
+  and `loss_config` the run's `config.loss`; `step` (the autoencoder step, a scalar)
+  places an annealed foreground weight (`foreground_weight`).
+  Returns (total, (new batch_stats, loss terms)).
 
   `E_c(x[k])` and `E_p(x[r])` are targets: their gradients are stopped.
   """
@@ -218,11 +237,12 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *,
     per_pixel = -(xk * jnp.log(p) + (1 - xk) * jnp.log1p(-p))
   else:
     per_pixel = jnp.abs(recon - xk) if lc.recon == 'l1' else (recon - xk) ** 2
-  if lc.fg_weight != 1:
+  fg = foreground_weight(lc, step)
+  if not (isinstance(fg, float) and fg == 1):
     # A small sprite is ~1.4% of its channel: its pixels' gradient, weakened by a saturated
     # sigmoid, loses to the black pixels' (RESULTS.md, two sprites). The per-channel
     # metrics below stay unweighted, comparable across runs.
-    l_recon = losses.global_mean((1 + (lc.fg_weight - 1) * xk) * per_pixel, axis_name)
+    l_recon = losses.global_mean((1 + (fg - 1) * xk) * per_pixel, axis_name)
   else:
     l_recon = losses.global_mean(per_pixel, axis_name)
   variant = losses.variant(lc.name)
@@ -231,6 +251,8 @@ def model_losses(params, stats, critic_params, video, k, r, neg_key, *,
   l_mi = variant.penalty(s, lc, axis_name)
   total = l_recon + lc.alpha * l_sim + lc.beta * l_mi
   terms = {'loss': total, 'recon_loss': l_recon, 'sim_loss': l_sim, 'mi_loss': l_mi}
+  if not isinstance(fg, float):
+    terms['fg_weight'] = fg  # Annealed: the curve shows where the ramp is.
   if per_pixel.shape[-1] > 1:
     # Per channel (RGB Moving dSprites and MNIST draw object i into channel i): shows an
     # object the decoder has dropped, which the mean over channels hides.
@@ -255,7 +277,7 @@ def model_step(state: AEState, video, key, *, nets: models.Networks, loss_config
   objective = functools.partial(model_losses, stats=state.batch_stats,
                                 critic_params=state.critic.params, video=video, k=k, r=r,
                                 neg_key=k_neg, nets=nets, loss_config=loss_config,
-                                axis_name=axis_name)
+                                axis_name=axis_name, step=state.step)
   (_, (stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.model.params)
   grads = _pmean(grads, axis_name)

@@ -279,6 +279,45 @@ def test_foreground_weight_scales_lit_pixels_only():
     configuration.validate(cfg)
 
 
+def test_foreground_weight_anneals_linearly_to_one():
+  """loss.fg_anneal_start/steps: fg_weight until the start, then linearly to 1 over the
+  ramp and 1 after; without a ramp the weight is the constant (a Python float, the
+  program traced before annealing existed). In the loss, the weight at a step is the one
+  a constant fg_weight of that value gives."""
+  cfg = tiny.get_config()
+  cfg.loss.fg_weight = 10.0
+  assert train.foreground_weight(cfg.loss, jnp.asarray(500)) == 10.0
+  assert isinstance(train.foreground_weight(cfg.loss, jnp.asarray(500)), float)
+  cfg.loss.fg_anneal_start, cfg.loss.fg_anneal_steps = 100, 300
+  at = {s: float(train.foreground_weight(cfg.loss, jnp.asarray(s)))
+        for s in (0, 100, 175, 250, 400, 10_000)}
+  assert at == pytest.approx({0: 10.0, 100: 10.0, 175: 7.75, 250: 5.5, 400: 1.0,
+                              10_000: 1.0})
+  st = train.create_train_state(cfg, jax.random.key(0))
+  video = jnp.zeros((cfg.batch_size, 4, 32, 32, 3)).at[..., 0].set(1.0)
+
+  def recon(loss_config, step):
+    _, (_, terms) = train.model_losses(st.model.params, st.batch_stats, st.critic.params,
+                                       video, 1, 0, jax.random.key(1),
+                                       nets=models.networks(cfg), loss_config=loss_config,
+                                       step=step)
+    return terms
+
+  annealed = recon(cfg.loss, jnp.asarray(250))
+  assert float(annealed['fg_weight']) == pytest.approx(5.5)
+  constant = cfg.loss.copy_and_resolve_references()
+  constant.fg_weight, constant.fg_anneal_steps = 5.5, 0
+  assert float(annealed['recon_loss']) == pytest.approx(
+      float(recon(constant, jnp.asarray(250))['recon_loss']), rel=1e-6)
+  # The step of the state decides: a train step at step 400 weighs every pixel alike.
+  st = st.replace(step=jnp.asarray(400, st.step.dtype))
+  _, m = parallel.make_train_step(cfg, mode='jit')(st, batch_for(cfg), jax.random.key(1))
+  assert float(m['fg_weight']) == 1.0
+  cfg.loss.fg_anneal_steps = -1
+  with pytest.raises(ValueError, match='loss.fg_anneal_steps'):
+    configuration.validate(cfg)
+
+
 def test_lstm_on_cached_codes_equals_the_lstm_on_the_videos(config, state):
   """config.lstm.code_pool: three LSTM iterations on codes encoded once equal three on the
   same videos encoded in each iteration (the published way): same batches, same

@@ -72,6 +72,12 @@ def _defaults() -> ml_collections.ConfigDict:
   # (foreground) pixels count fg_weight times a black one; 1 = the paper's plain mean.
   # Not the paper's: see RESULTS.md, two sprites.
   c.loss.fg_weight = 1.0
+  # Annealing fg_weight: from autoencoder step fg_anneal_start it falls linearly to 1 over
+  # fg_anneal_steps steps and stays there (0 steps: fg_weight throughout). Lit pixels
+  # weighing more keep a small sprite early on, but then favour a bloated blob over a
+  # sharp shape; the anneal hands the end of training back to the paper's plain mean.
+  c.loss.fg_anneal_start = 0
+  c.loss.fg_anneal_steps = 0
   c.loss.alpha = 1.0  # Weight of L_sim.
   c.loss.beta = 1e-4  # Weight of the MI / adversarial term.
   # smile: both critic scores clamped to [-clip, clip] (the published code);
