@@ -56,8 +56,17 @@ def test_aggregate_reads_a_fake_study(tmp_path, capsys):
   d = _fake_study(tmp_path)
   assert study_cli.main([f'--workdir={d}', '--aggregate_only']) == 0
   with open(os.path.join(d, study.RESULTS_JSON)) as f:
-    assert len(json.load(f)['runs']) == 4
+    res = json.load(f)
+  assert len(res['runs']) == 4
   assert 'mipae: MIG 0.6500' in capsys.readouterr().out
+  # Over the seeds: each method's mean and t interval, the paired differences by seed.
+  assert res['methods']['mipae']['seeds'] == [0, 1]
+  mean, half = study.t_interval([0.6, 0.7])
+  assert res['methods']['mipae']['mig']['mean'] == pytest.approx(mean)
+  assert res['methods']['mipae']['mig']['ci95'] == pytest.approx(half)
+  pair = res['paired']['mipae-drnet']
+  assert pair['seeds'] == [0, 1] and pair['mig']['n'] == 2
+  assert pair['mig']['values'] == pytest.approx([0.2, 0.2])
 
 
 def test_refuses_a_run_that_holds_another_method_and_seed(tmp_path, capsys):
