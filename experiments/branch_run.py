@@ -28,6 +28,7 @@ import os
 import shutil
 
 from mipae_jax import checkpoint, config_record, configuration, errors
+from mipae_jax.workdir import atomic_write_text
 
 # Fields a branch may change besides the resumable ones: each acts only from its step on.
 ANNEAL_FIELDS = ('loss.fg_anneal_start', 'loss.fg_anneal_steps')
@@ -58,7 +59,7 @@ def branch_config(source_config, step: int, assignments: list[str]):
   changed = [_set(config, a) for a in assignments]
   configuration.validate(config)
   for field in changed:
-    if config_record._is_allowed(field, config_record.RESUMABLE_FIELDS):
+    if config_record.is_allowed(field, config_record.RESUMABLE_FIELDS):
       continue
     if field not in ANNEAL_FIELDS:
       raise errors.UserError(
@@ -91,8 +92,7 @@ def branch(source: str, step: int, workdir: str, assignments: list[str]) -> None
   os.makedirs(ae)
   shutil.copytree(os.path.join(source, 'checkpoints', 'ae', str(step)),
                   os.path.join(ae, str(step)))
-  with open(os.path.join(ae, checkpoint.LAST_GOOD), 'w') as f:
-    f.write(f'{step}\n')
+  atomic_write_text(os.path.join(ae, checkpoint.LAST_GOOD), f'{step}\n')  # As a save does.
   # The source's autoencoder curve up to the branch step, so the branch's starts at 0.
   with open(os.path.join(source, 'metrics.jsonl')) as f, \
        open(os.path.join(workdir, 'metrics.jsonl'), 'w') as out:
@@ -100,9 +100,9 @@ def branch(source: str, step: int, workdir: str, assignments: list[str]) -> None
       row = json.loads(line)
       if row.get('stage') == 'ae' and row.get('step', 0) <= step:
         out.write(line)
-  for name in (config_record.DATASET_FILE,):
-    if os.path.exists(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), os.path.join(workdir, name))
+  dataset = os.path.join(source, config_record.DATASET_FILE)  # A prepared dataset's record.
+  if os.path.exists(dataset):
+    shutil.copy(dataset, os.path.join(workdir, config_record.DATASET_FILE))
   config_record.record_config(workdir, config)
   with open(os.path.join(workdir, 'branched_from.json'), 'w') as f:
     json.dump({'source': os.path.abspath(source), 'step': step, 'set': assignments}, f,

@@ -82,7 +82,8 @@ def record_config(workdir: str, config) -> str:
   return path
 
 
-def _is_allowed(field: str, allowed: Iterable[str]) -> bool:
+def is_allowed(field: str, allowed: Iterable[str]) -> bool:
+  """Whether `field` (dotted) is one of `allowed` or under one of them."""
   return any(field == p or field.startswith(p + '.') for p in allowed)
 
 
@@ -112,7 +113,7 @@ def check_config(workdir: str, config, allowed: Iterable[str] = RESUMABLE_FIELDS
   diffs = []
   for field in sorted(set(saved) | set(requested)):
     a, b = saved.get(field, missing), requested.get(field, missing)
-    if a != b and not _is_allowed(field, allowed):
+    if a != b and not is_allowed(field, allowed):
       diffs.append(f'  {field}: {a!r} -> {b!r}')
   if diffs:
     raise ConfigMismatchError(

@@ -205,7 +205,7 @@ def foreground_weight(loss_config, step=None):
   Python float, so the program is the one traced before annealing existed.
   """
   fg = float(loss_config.fg_weight)
-  ramp = int(loss_config.get('fg_anneal_steps', 0))
+  ramp = int(loss_config.fg_anneal_steps)
   if ramp == 0 or step is None or fg == 1:
     return fg
   done = jnp.clip((step - int(loss_config.fg_anneal_start)) / ramp, 0.0, 1.0)
