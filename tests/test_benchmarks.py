@@ -140,3 +140,19 @@ def test_run_main_restarts_before_any_work_when_run_as_a_module(monkeypatch):
     run.main(['--quick', '--skip', 'ae'], restart=True)
   assert e.value.args == ([run.sys.executable, '-m', 'benchmarks.run', '--quick', '--skip',
                            'ae'], run.TUNED_MALLOC)
+
+
+def test_eval_floor_counts_flops_and_prints_the_floor(capsys):
+  from benchmarks import eval_floor
+  n = 64
+  compiled = jax.jit(lambda x: x @ x).lower(np.zeros((n, n), np.float32)).compile()
+  assert eval_floor.flops_of(compiled) == 2 * n ** 3  # XLA's count of a matrix product.
+  eval_floor.main(['--config=tiny', '--frames=500', '--mig_frames=100000000'])
+  out = capsys.readouterr().out
+  flops = float(re.search(r'FLOPs per frame .*\| ([\d.]+) M \|', out).group(1))
+  rate = float(re.search(r'best dense float32 rate .*\| ([\d.]+) GFLOP/s \|', out).group(1))
+  floor = float(re.search(r'100,000,000 frames at that best rate \(floor\) \| ([\d.]+) s',
+                          out).group(1))
+  assert flops > 0 and rate > 0
+  # The printed figures are rounded: FLOPs to 1 M, the rate to 1 GFLOP/s.
+  assert floor == pytest.approx(1e8 * flops * 1e6 / (rate * 1e9), rel=0.02)
