@@ -48,6 +48,7 @@ def check_divisible(global_batch: int, num_devices: int):
         f'(e.g. {num_devices * max(1, global_batch // num_devices)}) or run on fewer devices.')
 
 
+@compiler.per_config
 def make_train_step(config, stage: str = 'ae', mode: str = 'shard_map', mesh: Mesh | None = None,
                     donate: bool = True):
   """The jitted step of `stage` ('ae', 'lstm' or 'lstm_codes') in `mode` (see module

@@ -49,7 +49,11 @@ class LSTMState:
   lstm: train_state.TrainState
 
 
+@compiler.per_config
 def adam(optim_config) -> optax.GradientTransformation:
+  """Adam of `optim_config` (lr, b1, b2, eps); one object per setting, since a train
+  state holds it as static structure: a new one would make every jitted step trace its
+  program again for an equal state."""
   return optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2,
                     eps=optim_config.eps)
 
@@ -84,11 +88,25 @@ def init_autoencoder_variables(config, key) -> tuple[dict, dict, dict]:
   return params, stats, v_crit['params']
 
 
+@compiler.per_config
+def _autoencoder_init(config):
+  """`init(key) -> (params, batch_stats, critic_params)` for `config`: one compiled
+  program (op by op is many times slower on CPU), compiled for compile time."""
+  return compiler.jit_once(functools.partial(init_autoencoder_variables, config))
+
+
+@compiler.per_config
+def _lstm_init(config):
+  """`init(key) -> params` of `config`'s pose LSTM (its input is concat(pose, content))."""
+  lstm = models.networks(config).lstm
+  x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
+  init = compiler.jit_once(lstm.init)
+  return lambda key: init(key, lstm.initial_carry(1), x)['params']
+
+
 def create_train_state(config, key) -> AEState:
   """Fresh autoencoder-stage state for `config` (see `mipae_jax.configs`)."""
-  # One compiled program (op by op is many times slower on CPU), compiled for compile time.
-  params, stats, critic_params = compiler.jit_once(
-      functools.partial(init_autoencoder_variables, config))(key)
+  params, stats, critic_params = _autoencoder_init(config)(key)
   return AEState(
       step=jnp.zeros((), jnp.int32),
       model=new_train_state(params, adam(config.optim)),
@@ -98,9 +116,7 @@ def create_train_state(config, key) -> AEState:
 
 def create_lstm_state(config, key) -> LSTMState:
   """Fresh pose-LSTM state; its input is concat(pose, content)."""
-  lstm = models.networks(config).lstm
-  x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
-  params = compiler.jit_once(lstm.init)(key, lstm.initial_carry(1), x)['params']
+  params = _lstm_init(config)(key)
   return LSTMState(step=jnp.zeros((), jnp.int32),
                    lstm=new_train_state(params, adam(config.lstm_optim)))
 

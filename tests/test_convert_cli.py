@@ -67,11 +67,13 @@ def assert_trees_equal(a, b):
 @pytest.mark.slow  # The evaluation (MIG probes, prediction, pictures) takes the time.
 def test_converted_run_directory_evaluates_as_a_trained_run(tmp_path, capsys):
   config = configs.get('tiny')
-  config.data.num_objects = 1  # As the override below: one sprite evaluates faster.
+  # As the override below, which also names the LSTM's step. The tiny config's data and
+  # networks otherwise: its evaluation programs (the probes) are those of every tiny run.
+  config.train.lstm_steps = 3
   ae, lstm = published_files(tmp_path, config)
   out = str(tmp_path / 'runs' / 'published')
   code, stdout, err = run(capsys, f'--checkpoint={ae}', f'--lstm_checkpoint={lstm}',
-                          '--config=tiny', '--config.data.num_objects=1', f'--out={out}')
+                          '--config=tiny', '--config.train.lstm_steps=3', f'--out={out}')
   assert code == 0, err
   assert f'mipae-evaluate --workdir={out}' in stdout
   assert f'checkpoints/ae/7  the autoencoder of {ae} (step: global_itr)' in stdout
