@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(module, *args, env=None, timeout=120):
   base = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
-  env = {**base, 'XLA_FLAGS': '--xla_backend_optimization_level=0', **(env or {})}
+  # The suite's XLA_FLAGS (4 devices, level 0): the tools then run the programs this
+  # worker's other tiny runs compiled, found in its compilation cache.
+  flags = os.environ.get('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  env = {**base, 'XLA_FLAGS': flags, **(env or {})}
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_sigterm_saves_and_exits_with_128_plus_signal(tmp_path):
   workdir = tmp_path / 'run'
-  env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  env = {**os.environ,  # The suite's XLA_FLAGS: its tiny programs are cached.
+         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_backend_optimization_level=0')}
   proc = subprocess.Popen(
       [sys.executable, '-m', 'mipae_jax.commands.train', '--config=tiny',
        '--config.train.ae_steps=100000', '--config.train.ckpt_every=100000',

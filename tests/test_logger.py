@@ -234,7 +234,8 @@ def test_batch_job_log_has_progress_lines(tmp_path):
   each stage's compile time once and a progress line every `log_every` steps, each as
   soon as it happens (the test reads them while the run goes on, then stops it before
   the evaluation, which this test does not need)."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  env = {**os.environ,  # The suite's XLA_FLAGS: its tiny programs are cached.
+         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_backend_optimization_level=0')}
   proc = subprocess.Popen(
       [sys.executable, '-m', 'experiments.main', '--config=tiny',
        f'--workdir={tmp_path}/run', '--config.train.ae_steps=4',
