@@ -75,7 +75,9 @@ def per_config(builder, maxsize: int = 16):
   lowered them anew: about 2 s for the tiny config's autoencoder stage on CPU, before
   the compilation cache is even asked. The builder gets a copy of the config, so later
   changes to the caller's config object never reach a program already built. The
-  `maxsize` newest builds are kept.
+  `maxsize` newest builds are kept. A builder makes functions, never arrays: the first
+  build may happen inside a trace (a restore's `jax.eval_shape`), and an array made then
+  would be that trace's value, kept past it.
   """
   cache = collections.OrderedDict()
 

@@ -99,9 +99,12 @@ def _autoencoder_init(config):
 def _lstm_init(config):
   """`init(key) -> params` of `config`'s pose LSTM (its input is concat(pose, content))."""
   lstm = models.networks(config).lstm
-  x = jnp.zeros((1, config.model.pose_dim + config.model.content_dim), jnp.float32)
+  width = config.model.pose_dim + config.model.content_dim
   init = compiler.jit_once(lstm.init)
-  return lambda key: init(key, lstm.initial_carry(1), x)['params']
+  # The example input is made at each call: built here, inside a trace (a restore's
+  # `jax.eval_shape`), it would be that trace's value, kept past it.
+  return lambda key: init(key, lstm.initial_carry(1),
+                          jnp.zeros((1, width), jnp.float32))['params']
 
 
 def create_train_state(config, key) -> AEState:

@@ -69,3 +69,17 @@ def test_programs_built_for_an_equal_config_are_reused_and_never_retraced():
   assert late._cache_size() == 1
   assert parallel.make_train_step(fresh, 'lstm_codes', mode='jit', donate=False) is not late
   assert compiler.config_fingerprint(fresh) != compiler.config_fingerprint(b)
+
+
+def test_a_state_built_first_inside_a_trace_is_built_again_outside_it():
+  """A restore first builds a config's pieces inside `jax.eval_shape`; the memoised
+  builders keep no value of that trace, so a real state is built afterwards."""
+  from mipae_jax import train
+  from mipae_jax.configs import tiny
+
+  config = tiny.get_config()
+  config.model.lstm_hidden = 10  # Built here first.
+  shapes = jax.eval_shape(lambda key: train.create_lstm_state(config, key), jax.random.key(0))
+  state = train.create_lstm_state(config, jax.random.key(0))
+  assert jax.tree.map(lambda x: x.shape, jax.tree.leaves(state)) == \
+      jax.tree.map(lambda x: x.shape, jax.tree.leaves(shapes))
