@@ -59,10 +59,10 @@ def jit_once(fun, **kwargs):
   return call
 
 
-
 def config_fingerprint(config) -> str:
-  """A run config's values as one canonical string: equal strings, equal configs."""
-  return json.dumps(config.to_dict(), sort_keys=True, default=repr)
+  """A run config's values as one canonical string: equal strings, equal configs.
+  Raises TypeError for a value JSON cannot hold."""
+  return json.dumps(config.to_dict(), sort_keys=True)
 
 
 def per_config(builder, maxsize: int = 16):
@@ -72,18 +72,22 @@ def per_config(builder, maxsize: int = 16):
   JAX keeps a traced program with the function object it traced, and a builder makes
   new function objects at every call, so building one config's programs again in the
   same process (a resumed stage, a second run, a notebook cell run twice) traced and
-  lowered them anew: about 2 s for the tiny config's autoencoder stage on CPU, before
-  the compilation cache is even asked. The builder gets a copy of the config, so later
-  changes to the caller's config object never reach a program already built. The
-  `maxsize` newest builds are kept. A builder makes functions, never arrays: the first
-  build may happen inside a trace (a restore's `jax.eval_shape`), and an array made then
-  would be that trace's value, kept past it.
+  lowered them anew, which the compilation cache cannot spare (it is asked only after
+  lowering). The builder gets a copy of the config, so later changes to the caller's
+  config object never reach a program already built. The `maxsize` newest builds are
+  kept. A builder makes functions, never arrays: the first build may happen inside a
+  trace (a restore's `jax.eval_shape`), and an array made then would be that trace's
+  value, kept past it.
   """
   cache = collections.OrderedDict()
 
   @functools.wraps(builder)
   def build(config, *args, **kwargs):
-    key = (config_fingerprint(config), args, tuple(sorted(kwargs.items())))
+    try:
+      key = (config_fingerprint(config), args, tuple(sorted(kwargs.items())))
+      hash(key)
+    except TypeError:  # A value with no canonical form: built anew, never shared.
+      return builder(copy.deepcopy(config), *args, **kwargs)
     if key in cache:
       cache.move_to_end(key)
       return cache[key]

@@ -69,6 +69,11 @@ def test_programs_built_for_an_equal_config_are_reused_and_never_retraced():
   assert late._cache_size() == 1
   assert parallel.make_train_step(fresh, 'lstm_codes', mode='jit', donate=False) is not late
   assert compiler.config_fingerprint(fresh) != compiler.config_fingerprint(b)
+  # A value with no canonical form (here an array in the config): built, never shared.
+  odd = config()
+  odd.extra = np.zeros(3)
+  assert parallel.make_train_step(odd, 'lstm_codes', mode='jit') is not \
+      parallel.make_train_step(odd, 'lstm_codes', mode='jit')
 
 
 def test_a_state_built_first_inside_a_trace_is_built_again_outside_it():
