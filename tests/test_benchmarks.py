@@ -154,5 +154,5 @@ def test_eval_floor_counts_flops_and_prints_the_floor(capsys):
   floor = float(re.search(r'100,000,000 frames at that best rate \(floor\) \| ([\d.]+) s',
                           out).group(1))
   assert flops > 0 and rate > 0
-  # The printed figures are rounded: FLOPs to 1 M, the rate to 1 GFLOP/s.
+  # The printed figures are rounded: FLOPs to 4 digits, the rate to 1 GFLOP/s.
   assert floor == pytest.approx(1e8 * flops * 1e6 / (rate * 1e9), rel=0.02)
