@@ -22,13 +22,13 @@ test videos, LPIPS, FVD: BENCHMARKS.md gives their costs); the floor bounds it f
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from mipae_jax import compiler, configs, evaluate, models, predict, train
 
 
@@ -43,13 +43,8 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
   """Best dense float32 rate (FLOP/s): median time of an n x n product."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / statistics.median(times)
+  seconds = common.median_times({'product': lambda: f(a).block_until_ready()}, reps)
+  return 2 * n ** 3 / seconds['product']
 
 
 def main(argv=None):
@@ -65,15 +60,17 @@ def main(argv=None):
   batch = evaluate.ENCODE_BATCH
   state = train.create_train_state(config, jax.random.key(0))
   variables = train.autoencoder_variables(state)
-  encode = compiler.jit(lambda v, x: predict.encode_frames(nets, v, x))
   x = np.random.default_rng(0).random((batch, size, size, channels), np.float32)
-  per_frame = flops_of(jax.jit(lambda v, x: predict.encode_frames(nets, v, x)).lower(
-      variables, x).compile()) / batch
-  jax.block_until_ready(encode(variables, x))  # Compiles.
+  # The evaluation's own program, compiled once: counted, then timed.
+  encode = compiler.jit(lambda v, x: predict.encode_frames(nets, v, x)).lower(
+      variables, x).compile()
+  per_frame = flops_of(encode) / batch
+  jax.block_until_ready(encode(variables, x))  # A first call, untimed.
+  calls = max(1, args.frames // batch)
   t = time.perf_counter()
-  for _ in range(max(1, args.frames // batch)):
+  for _ in range(calls):
     jax.block_until_ready(encode(variables, x))
-  seconds = (time.perf_counter() - t) / (max(1, args.frames // batch) * batch)
+  seconds = (time.perf_counter() - t) / (calls * batch)
   rate = matmul_rate()
   n = args.mig_frames
   print(f'config {args.config}: {size}x{size}x{channels}, nf {config.model.nf}, '
