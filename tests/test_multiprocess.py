@@ -2,12 +2,12 @@
 
 * Data parallel over 2 processes x 1 CPU device ends with the parameters of one process
   over 2 devices on the same global batch (bit-identical here: a 2-way all-reduce sums
-  in one order; the 1e-5 tolerance is what is promised), also across a resume, where
-  every process restores the checkpoint that only process 0 wrote. The same holds for a
-  host-sampled source (numpy, as MPI3D).
+  in one order; the 1e-5 tolerance is what is promised), also across a stop signal to
+  one process, which stops both at one saved step (a save takes every process), and the
+  resume, where every process restores the checkpoint that only process 0 wrote. The
+  same holds for a host-sampled source (numpy, as MPI3D) and the prepared-dataset reader.
 * Only process 0 writes: the other process's Python-level writes under the workdir are
-  audited (none), and the files show one writer.
-* A stop signal to one process stops both at one saved step (a save takes every process).
+  audited (none, in the stopped run and the resumed one), and the files show one writer.
 * A process killed mid-run stops the other within a bounded time, with a message.
 """
 
@@ -49,23 +49,42 @@ def load_leaves(path):
     return [f[f'arr_{i}'] for i in range(len(f.files))]
 
 
-def test_two_processes_train_like_one_and_only_process_0_writes(tmp_path, cache_dir):
-  single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=4, devices=2,
-                  cache_dir=cache_dir)
-  assert single.wait(TIMEOUT) == 0, single.report()
+def test_two_processes_stop_together_resume_and_train_like_one_with_one_writer(
+    tmp_path, cache_dir):
+  """A save takes every process, so SIGTERM to process 1 alone must stop both, each
+  saving the same step (they agree at a log step); both then resume from the checkpoint
+  only process 0 wrote, two steps more, and end with the parameters of one process
+  holding both devices. Process 1 writes nothing under the workdir in either run."""
   workdir = tmp_path / 'multi'
-  # Two steps, stop; then two more: both processes resume from process 0's checkpoint.
-  for steps, resumed in ((2, None), (4, 2)):
-    audit = tmp_path / f'audit{steps}'
+  audits = [tmp_path / 'audit_stopped', tmp_path / 'audit_resumed']
+  for audit in audits:
     audit.mkdir()
-    pair = start_pair(workdir, tmp_path / 'multi.npz', cache_dir, audit, ae_steps=steps)
-    for w in pair:
-      assert w.wait(TIMEOUT) == 0, w.report()
-      assert w.resumed_from() == resumed, w.report()
+  pair = start_pair(workdir, tmp_path / 'multi.npz', cache_dir, audits[0], ae_steps=10_000,
+                    step_delay=0.05)
+  assert pair[1].wait_until(lambda: 3 in pair[1].steps(), timeout=TIMEOUT), pair[1].report()
+  pair[1].signal(signal.SIGTERM)
+  for w in pair:
+    assert w.wait(60) == 128 + signal.SIGTERM, w.report()
+    assert 'PREEMPTED: SIGTERM received: saved the ae stage at step' in w.stderr, w.report()
+  saved = [int(re.search(r'saved the ae stage at step (\d+)', w.stderr).group(1))
+           for w in pair]
+  assert saved[0] == saved[1] >= 3, saved
+  stop = saved[0]
+  ckpt = workdir / 'checkpoints' / 'ae'
+  assert int((ckpt / 'LAST_GOOD').read_text()) == stop
+  end = stop + 2
+  pair = start_pair(workdir, tmp_path / 'multi.npz', cache_dir, audits[1], ae_steps=end)
+  for w in pair:
+    assert w.wait(TIMEOUT) == 0, w.report()
+    assert w.resumed_from() == stop, w.report()
+  for audit in audits:
     chief = json.loads((audit / 'writes.p0.json').read_text())
     other = json.loads((audit / 'writes.p1.json').read_text())
     assert other == [], other
     assert any('LAST_GOOD' in path for _, path in chief), chief  # The audit sees writes.
+  single = Worker(tmp_path / 'single', tmp_path / 'single.npz', ae_steps=end, devices=2,
+                  cache_dir=cache_dir)
+  assert single.wait(TIMEOUT) == 0, single.report()
   want = load_leaves(tmp_path / 'single.npz')
   for i in range(2):
     got = load_leaves(tmp_path / f'multi.p{i}.npz')
@@ -75,15 +94,18 @@ def test_two_processes_train_like_one_and_only_process_0_writes(tmp_path, cache_
   exact = all(np.array_equal(a, b) for a, b in
               zip(load_leaves(tmp_path / 'multi.p1.npz'), want, strict=True))
   print(f'2 processes vs 1 process: bit-identical={exact}')
-  # The files show a single writer: Orbax data of process 0 only, one event file, one
-  # metrics line per step.
-  ckpt = workdir / 'checkpoints' / 'ae'
-  assert sorted(os.listdir(ckpt)) == ['2', '4', 'LAST_GOOD']
-  written = [p for p in (ckpt / '4').rglob('*') if 'process_1' in p.name]
+  # The files show a single writer: Orbax data of process 0 only, one event file per
+  # run, one metrics line per step.
+  assert int((ckpt / 'LAST_GOOD').read_text()) == end
+  # Saved every 2 steps, at the stop and at the end; the newest 3 kept (the config's keep).
+  saves = sorted(set(range(2, end + 1, 2)) | {stop, end})
+  assert sorted(os.listdir(ckpt), key=lambda n: (not n.isdigit(), n.zfill(9))) == \
+      [str(k) for k in saves[-3:]] + ['LAST_GOOD']
+  written = [p for p in (ckpt / str(end)).rglob('*') if 'process_1' in p.name]
   assert written == []
   assert len(os.listdir(workdir / 'tensorboard')) == 2  # One per run, both by process 0.
   lines = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert [x['step'] for x in lines] == [1, 2, 3, 4]
+  assert [x['step'] for x in lines] == list(range(1, end + 1))
 
 
 def assert_pair_trains_like_one(tmp_path, cache_dir, flags):
@@ -119,29 +141,6 @@ def test_tfds_reader_shards_rows_over_two_processes_like_one(tmp_path, cache_dir
   name = prepare.prepare(tiny.get_config().data, str(data_dir), 12, 2)
   flag = f'--tfds={name}@{data_dir}'
   assert_pair_trains_like_one(tmp_path, cache_dir, [flag])
-
-
-def test_a_stop_signal_to_one_process_stops_both_at_one_saved_step(tmp_path, cache_dir):
-  """A save takes every process, so SIGTERM to process 1 alone must stop both, each
-  saving the same step (they agree at a log step), and both resume from it."""
-  workdir = tmp_path / 'run'
-  pair = start_pair(workdir, tmp_path / 'out.npz', cache_dir, ae_steps=10_000,
-                    step_delay=0.05)
-  assert pair[1].wait_until(lambda: 3 in pair[1].steps(), timeout=TIMEOUT), pair[1].report()
-  pair[1].signal(signal.SIGTERM)
-  for w in pair:
-    assert w.wait(60) == 128 + signal.SIGTERM, w.report()
-    assert 'PREEMPTED: SIGTERM received: saved the ae stage at step' in w.stderr, w.report()
-  saved = [int(re.search(r'saved the ae stage at step (\d+)', w.stderr).group(1))
-           for w in pair]
-  assert saved[0] == saved[1] >= 3, saved
-  ckpt = workdir / 'checkpoints' / 'ae'
-  assert int((ckpt / 'LAST_GOOD').read_text()) == saved[0]
-  steps = saved[0] + 2
-  resumed = start_pair(workdir, tmp_path / 'out.npz', cache_dir, ae_steps=steps)
-  for w in resumed:
-    assert w.wait(TIMEOUT) == 0, w.report()
-    assert w.resumed_from() == saved[0], w.report()
 
 
 # The chief's death is JAX's coordination service's to report (the survivor is terminated

@@ -101,6 +101,7 @@ def main():
     source = HostRendered(data.make_source(config.data)) if args.host_source else None
     result = pipeline.train_autoencoder(config, args.workdir, source=source)
   except distributed.Preempted as e:
+    record_writes(args.audit_writes, writes)  # The save at the stop is audited too.
     print(f'PREEMPTED: {e}', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
   except distributed.PeerLost as e:
@@ -111,9 +112,7 @@ def main():
     out = f'{root}.p{jax.process_index()}{ext}'
   leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(result.state))]
   np.savez(out, *leaves)
-  if writes is not None:
-    with open(args.audit_writes, 'w') as f:
-      json.dump(writes, f)
+  record_writes(args.audit_writes, writes)
   print(f'DONE {result.step} steps_run={result.steps_run}', flush=True)
 
 
@@ -138,6 +137,13 @@ def share_compiled_programs():
   cache_key._hash_accelerator_config = cache_key._hash_devices
   jax.config.update('jax_share_binary_between_hosts', True)
   jax.config.update('jax_share_binary_between_hosts_timeout_ms', 120_000)
+
+
+def record_writes(path, writes):
+  """Writes the audited list of writes (`audit_writes`) to `path`, if auditing."""
+  if writes is not None:
+    with open(path, 'w') as f:
+      json.dump(writes, f)
 
 
 def audit_writes(workdir):
