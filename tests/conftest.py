@@ -12,9 +12,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Optimisation level 0: tests run tiny programs, where XLA's compile time dominates.
+# Tests run tiny programs, where XLA's compile time dominates: optimisation level 0, and
+# XLA:CPU's loop emitters, which compile faster than its fusion emitters (as `make test`;
+# `python -m benchmarks.suite_compile`).
 os.environ.setdefault(
-    'XLA_FLAGS', '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
+    'XLA_FLAGS', '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 '
+    '--xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One BLAS thread per process (set before numpy loads OpenBLAS, and inherited by every
 # worker and subprocess): OpenBLAS threads spin while they wait, so beside another busy

@@ -156,3 +156,17 @@ def test_eval_floor_counts_flops_and_prints_the_floor(capsys):
   assert flops > 0 and rate > 0
   # The printed figures are rounded: FLOPs to 4 digits, the rate to 1 GFLOP/s.
   assert floor == pytest.approx(1e8 * flops * 1e6 / (rate * 1e9), rel=0.02)
+
+
+def test_suite_compile_measures_both_emitters_and_reports_their_ratio():
+  from benchmarks import suite_compile
+  m = suite_compile.measure(reps=1, probe_frames=300)
+  assert all(m[p] > 0 for p in suite_compile.PARTS)
+  assert np.isfinite(list(m['metrics'].values())).all() and len(m['probe_ce']) == 2
+  # Made-up rounds: the table's medians and paired ratios, and the sides' differences.
+  side = lambda t, d: [{'step_compile_s': t, 'step_run_s': 1.0, 'probe_fit_s': 2 * t,
+                        'metrics': {'loss': 1.0 + d}, 'probe_ce': [0.5, 0.25 + d]}] * 3
+  table = suite_compile.report({'fusion': side(3.0, 0.0), 'loop': side(1.5, 0.125)})
+  assert '| step_compile_s | 3.000 | 1.500 | 2.00 (2.00-2.00) |' in table
+  assert '| probe_fit_s | 6.000 | 3.000 | 2.00 (2.00-2.00) |' in table
+  assert 'step metrics 0.125, probe cross-entropies 0.125 nats' in table

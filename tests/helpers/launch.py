@@ -21,7 +21,7 @@ def worker_env(devices: int, cache_dir: str | None = None) -> dict:
   executable computes the same bits as a fresh compile)."""
   env = dict(os.environ)
   env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
-                      '--xla_backend_optimization_level=0')
+                      '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false')
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONUNBUFFERED'] = '1'
   if cache_dir:
