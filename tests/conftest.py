@@ -60,9 +60,9 @@ def pytest_addoption(parser):
 # (`make test`: --dist loadfile --no-loadscope-reorder) hands out whole files in collection
 # order, so these start first and no worker begins a long file while the other has
 # nearly finished; the rest follow in their usual order.
-LONGEST_FIRST = ('test_probe_mig.py', 'test_multiprocess.py', 'test_study.py',
-                 'test_pipeline.py', 'test_reliability.py', 'test_train.py', 'test_readme.py',
-                 'test_losses.py', 'test_models.py', 'test_tfds_training.py')
+LONGEST_FIRST = ('test_multiprocess.py', 'test_probe_mig.py', 'test_study.py',
+                 'test_reliability.py', 'test_train.py', 'test_pipeline.py', 'test_losses.py',
+                 'test_readme.py', 'test_models.py', 'test_tfds_training.py')
 
 
 def _file_rank(item) -> int:
