@@ -18,7 +18,7 @@ T0 = time.perf_counter()
 def measure(name: str) -> dict:
   import jax
 
-  from mipae_jax import configs, data, parallel, pipeline, train
+  from mipae_jax import batches, configs, data, parallel, pipeline, train
 
   t_import = time.perf_counter() - T0
   config = configs.get(name)
@@ -30,13 +30,13 @@ def measure(name: str) -> dict:
 
   mesh = parallel.local_mesh()
   source = data.make_source(config.data)
-  batch_fn = pipeline.make_batch_fn(config, source, mesh, 'ae')
+  batch_fn = batches.make_batch_fn(config, source, mesh, 'ae')
   step_fn = parallel.make_train_step(config, 'ae', 'shard_map', mesh)
   t = time.perf_counter()
   batch = batch_fn(jax.random.key(0))
   jax.block_until_ready(batch)
   t_batch = time.perf_counter() - t
-  state = pipeline.replicate_on_mesh(state, mesh)
+  state = batches.replicate_on_mesh(state, mesh)
   t = time.perf_counter()
   out = step_fn(state, batch, jax.random.key(1))
   jax.block_until_ready(out)

@@ -14,7 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mipae_jax import checkpoint, cli, config_record, errors, logger, parallel, pipeline
+from mipae_jax import (
+  batches,
+  checkpoint,
+  cli,
+  config_record,
+  errors,
+  logger,
+  parallel,
+  pipeline,
+  stages,
+)
 from mipae_jax import workdir as workdir_lib
 from mipae_jax.configs import tiny
 from mipae_jax.data import preview, tfds_builders, tfds_source
@@ -49,9 +59,9 @@ def test_a_full_disk_failing_the_log_close_does_not_hide_the_failed_save(tmp_pat
   init = {'w': jnp.zeros(3)}
   step_fn = lambda state, batch, key: ({'w': state['w'] + 1}, {'loss': jnp.float32(1.0)})
   with pytest.raises(checkpoint.CheckpointError, match='saving checkpoint step 1 failed'):
-    pipeline.run_stage(config, str(tmp_path), 'ae', init, step_fn,
-                       pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
-                       jax.random.key(1), 2, parallel.local_mesh())
+    stages.run_stage(config, str(tmp_path), 'ae', init, step_fn,
+                     batches.KeyedBatches(lambda key: None, jax.random.key(0)),
+                     jax.random.key(1), 2, parallel.local_mesh())
 
 
 def test_close_all_closes_every_resource_and_raises_only_when_nothing_else_is_raised():
@@ -67,13 +77,13 @@ def test_close_all_closes_every_resource_and_raises_only_when_nothing_else_is_ra
       raise ENOSPC
 
   with pytest.raises(OSError, match='No space left'):
-    pipeline.close_all(Full(), Ok())
+    stages.close_all(Full(), Ok())
   assert closed == ['full', 'ok']
   with pytest.raises(KeyError, match='the first error'):
     try:
       raise KeyError('the first error')
     finally:
-      pipeline.close_all(Full(), Ok())
+      stages.close_all(Full(), Ok())
 
 
 def test_a_tool_prints_a_disk_error_in_one_line_naming_the_path(tmp_path, capsys):

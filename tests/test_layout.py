@@ -93,6 +93,10 @@ def test_readers_and_metrics_do_not_import_the_layers_above_them():
   # Restoring a run for readers sits below the training loop and the evaluation.
   assert not graph['mipae_jax.runs'] & {'mipae_jax.pipeline', 'mipae_jax.evaluate'}
   assert 'mipae_jax.pipeline' not in graph['mipae_jax.evaluate']
+  # The stage loop and the batch sources sit below the run that wires them together.
+  for name in ('stages', 'batches'):
+    assert not graph[f'mipae_jax.{name}'] & {'mipae_jax.pipeline', 'mipae_jax.evaluate'}, name
+  assert 'mipae_jax.stages' not in graph['mipae_jax.batches']
   # The MIG's estimators need no dataset (factor groups live in mipae_jax.factors).
   for name in ('knn', 'mig', 'probe', 'validation', 'image'):
     assert not {m for m in graph[f'mipae_jax.metrics.{name}']

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mipae_jax import checkpoint, config_record, data, parallel, pipeline
+from mipae_jax import batches, checkpoint, config_record, data, parallel, pipeline, train
 from mipae_jax.configs import tiny
 from mipae_jax.logger import NonFiniteError
 
@@ -98,15 +98,15 @@ def test_lstm_stage_on_a_code_pool_trains_and_resumes_exactly(tmp_path):
   config.train.ckpt_every = 2
   ae = pipeline.train_autoencoder(config, str(tmp_path / 'a')).state
   mesh = parallel.local_mesh()
-  ae_vars = pipeline.replicate_on_mesh(pipeline.train.autoencoder_variables(ae), mesh)
+  ae_vars = batches.replicate_on_mesh(train.autoencoder_variables(ae), mesh)
   key = jax.random.key(3)
   source = data.make_source(config.data)
-  codes = pipeline.encode_code_pool(config, source, ae_vars, mesh, key)
+  codes = batches.encode_code_pool(config, source, ae_vars, mesh, key)
   d = config.data
   assert codes['h_c'].shape == (config.lstm.code_pool, config.model.content_dim)
   assert codes['h_p'].shape == (config.lstm.code_pool, d.input_frames + d.target_frames,
                                 config.model.pose_dim)
-  assert leaves_equal(codes, pipeline.encode_code_pool(config, source, ae_vars, mesh, key))
+  assert leaves_equal(codes, batches.encode_code_pool(config, source, ae_vars, mesh, key))
   straight = pipeline.train_lstm(config, str(tmp_path / 'a'), ae).state
   config.train.lstm_steps = 2
   pipeline.train_autoencoder(config, str(tmp_path / 'b'))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mipae_jax import config_record, configuration, errors, parallel, pipeline, train
+from mipae_jax import batches, config_record, configuration, errors, parallel, pipeline, train
 from mipae_jax.configs import tiny
 from mipae_jax.data import prepare, tfds_source
 
@@ -151,7 +151,7 @@ def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prep
   config = prepared
   mesh = parallel.local_mesh()
   source = tfds_source.TfdsVideos(config.data)
-  ae = pipeline.replicate_on_mesh(train.autoencoder_variables(
+  ae = batches.replicate_on_mesh(train.autoencoder_variables(
       train.create_train_state(config, jax.random.key(0))), mesh)
   encode = jax.jit(train.lstm_encoder(config))
   codes = tfds_source.encode_split(config, source.sources['train'], ae, mesh, encode)
@@ -161,7 +161,7 @@ def test_lstm_of_a_tfds_run_trains_on_cached_codes_exactly_as_on_the_videos(prep
                                     codes=codes)
   video_step = parallel.make_train_step(config, 'lstm', 'shard_map', mesh, donate=False)
   code_step = parallel.make_train_step(config, 'lstm_codes', 'shard_map', mesh, donate=False)
-  a = b = pipeline.replicate_on_mesh(train.create_lstm_state(
+  a = b = batches.replicate_on_mesh(train.create_lstm_state(
       config, jax.random.key(1)), mesh)
   for step in range(3):
     a, am = video_step(a, ae, videos.for_step(step), jax.random.key(0))

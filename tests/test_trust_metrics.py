@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import stub_scoring
 
-from mipae_jax import configs, evaluate, logger, parallel, pipeline
+from mipae_jax import batches, configs, evaluate, logger, parallel, stages
 from mipae_jax.configs import tiny
 from mipae_jax.factors import FactorGroup
 from mipae_jax.metrics import mig, probe
@@ -131,7 +131,7 @@ def test_a_small_sample_is_one_logged_warning(monkeypatch, caplog):
 
 
 def _run_lstm(tmp_path, num_steps, values, **train):
-  """`pipeline.run_stage` as the LSTM stage with a stand-in step (metrics from
+  """`stages.run_stage` as the LSTM stage with a stand-in step (metrics from
   `values(step)`)."""
   config = tiny.get_config()
   config.train.update(train)
@@ -141,9 +141,9 @@ def _run_lstm(tmp_path, num_steps, values, **train):
     return {'step': state['step'] + 1}, values(int(state['step']) + 1)
 
   init = {'step': jnp.zeros((), jnp.int32)}
-  return pipeline.run_stage(config, str(tmp_path), 'lstm', init, step_fn,
-                            pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
-                            jax.random.key(1), num_steps, parallel.local_mesh())
+  return stages.run_stage(config, str(tmp_path), 'lstm', init, step_fn,
+                          batches.KeyedBatches(lambda key: None, jax.random.key(0)),
+                          jax.random.key(1), num_steps, parallel.local_mesh())
 
 
 def _dies_after_step_one(s):
@@ -152,7 +152,7 @@ def _dies_after_step_one(s):
 
 
 def test_a_network_dead_for_many_intervals_is_one_warning_naming_the_cause(tmp_path, caplog):
-  with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):
+  with caplog.at_level(logging.WARNING, logger='mipae_jax.stages'):
     _run_lstm(tmp_path, 7, _dies_after_step_one, log_every=1, ckpt_every=7)
   warnings = [r.getMessage() for r in caplog.records if 'exactly 0' in r.getMessage()]
   assert len(warnings) == 1, warnings  # Six zero intervals (steps 2-7), one warning.

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mipae_jax import (
+  batches,
   config_record,
   errors,
   evaluate,
@@ -21,6 +22,7 @@ from mipae_jax import (
   parallel,
   pipeline,
   runs,
+  stages,
   workdir,
 )
 from mipae_jax.configs import tiny
@@ -142,9 +144,9 @@ def _run(tmp_path, num_steps, values, **train):
   config = tiny.get_config()
   config.train.update(train)
   init = {'step': jnp.zeros((), jnp.int32), 'w': jnp.zeros(3)}
-  return pipeline.run_stage(config, str(tmp_path), 'ae', init, _step_fn(values),
-                            pipeline.KeyedBatches(lambda key: None, jax.random.key(0)),
-                            jax.random.key(1), num_steps, parallel.local_mesh())
+  return stages.run_stage(config, str(tmp_path), 'ae', init, _step_fn(values),
+                          batches.KeyedBatches(lambda key: None, jax.random.key(0)),
+                          jax.random.key(1), num_steps, parallel.local_mesh())
 
 
 def test_a_resumed_run_writes_every_step_once_and_every_line_parses(tmp_path):
@@ -182,7 +184,7 @@ def test_divergence_after_a_save_names_the_kept_step(tmp_path):
 def test_a_gradient_norm_exactly_zero_for_a_whole_interval_warns(tmp_path, caplog):
   values = lambda s: {'loss': jnp.float32(1.0), 'grad_norm': jnp.float32(0.0),
                       'critic_grad_norm': jnp.float32(0.0 if s < 3 else 0.5)}
-  with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):
+  with caplog.at_level(logging.WARNING, logger='mipae_jax.stages'):
     _run(tmp_path, 4, values, ckpt_every=4, log_every=2)
   warnings = [r.getMessage() for r in caplog.records if 'exactly 0' in r.getMessage()]
   # Steps 1-2: both zero; steps 3-4: only grad_norm (critic_grad_norm moved at step 3).
@@ -195,7 +197,7 @@ def test_a_gradient_norm_exactly_zero_for_a_whole_interval_warns(tmp_path, caplo
 
 def test_a_gradient_norm_zero_at_one_step_only_does_not_warn(tmp_path, caplog):
   values = lambda s: {'loss': jnp.float32(1.0), 'grad_norm': jnp.float32(s % 2)}
-  with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):
+  with caplog.at_level(logging.WARNING, logger='mipae_jax.stages'):
     _run(tmp_path, 4, values, ckpt_every=4, log_every=2)
   assert 'exactly 0' not in caplog.text
 
@@ -221,7 +223,7 @@ def test_more_autoencoder_training_retrains_the_lstm_and_evaluation_refuses_a_st
     evaluate.evaluate_workdir(run)
   assert runs.restore_lstm(config, run, ae.state, allow_stale=True) is not None
   # ... and the LSTM stage retrains it from scratch, setting the old checkpoints aside.
-  with caplog.at_level(logging.WARNING, logger='mipae_jax.pipeline'):
+  with caplog.at_level(logging.WARNING, logger='mipae_jax.stages'):
     new = pipeline.train_lstm(config, run)
   assert new.steps_run == 2 and not leaves_equal(new.state, old.state)
   assert 'retraining the stage from scratch' in caplog.text
