@@ -29,8 +29,8 @@ install: $(STAMP)
 # built once), the longest first (tests/conftest.py); TEST_WORKERS=0 runs it in this
 # process instead. XLA compiles for compile time, not run time: the suite compiles
 # hundreds of tiny programs and runs each a few times. Level 0, and XLA:CPU's loop
-# emitters instead of its fusion emitters (the tiny train step compiles ~1.9x faster
-# with the same bits; `python -m benchmarks.suite_compile`, BENCHMARKS.md).
+# emitters instead of its fusion emitters, which compile the tiny programs faster to the
+# same bits (`python -m benchmarks.suite_compile`; BENCHMARKS.md has the figures).
 TEST_WORKERS ?= auto
 PYTEST := XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false" $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
