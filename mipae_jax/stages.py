@@ -39,6 +39,7 @@ DATA_ITERATOR = 'data_iterator'  # Checkpoint metadata key of a batch source's s
 
 @dataclasses.dataclass
 class StageResult:
+  """A stage's end: its state and step, this call's wall seconds and steps run."""
   state: object
   step: int
   seconds: float
