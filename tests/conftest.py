@@ -9,15 +9,12 @@ import sys
 import tempfile
 
 import pytest
+from helpers.launch import COMPILE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Tests run tiny programs, where XLA's compile time dominates: optimisation level 0, and
-# XLA:CPU's loop emitters, which compile faster than its fusion emitters (as `make test`;
-# `python -m benchmarks.suite_compile`).
-os.environ.setdefault(
-    'XLA_FLAGS', '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 '
-    '--xla_cpu_use_fusion_emitters=false')
+# Tests run tiny programs, where XLA's compile time dominates (helpers.launch.COMPILE_FLAGS).
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=4 {COMPILE_FLAGS}')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One BLAS thread per process (set before numpy loads OpenBLAS, and inherited by every
 # worker and subprocess): OpenBLAS threads spin while they wait, so beside another busy

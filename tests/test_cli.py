@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.launch import COMPILE_FLAGS
 
 from mipae_jax import cli, config_record, errors
 from mipae_jax.configs import tiny
@@ -183,7 +184,7 @@ def test_a_full_disk_is_reported_without_tracebacks(tmp_path):
   # warnings must not reach the output either.
   env = {k: v for k, v in os.environ.items()
          if k not in (cli.VERBOSE_ENV, 'JAX_COMPILATION_CACHE_DIR')}
-  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+  env['XLA_FLAGS'] = COMPILE_FLAGS
   out = subprocess.run(
       [sys.executable, '-m', 'mipae_jax.commands.train', '--config=tiny',
        f'--workdir={tmp_path}/run'], cwd=ROOT, env=env, capture_output=True, text=True,

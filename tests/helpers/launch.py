@@ -15,13 +15,19 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, 'train_worker.py')
 
 
+# What every process of the suite compiles with (besides its device count): tiny programs,
+# where XLA's compile time dominates, so optimisation level 0 and XLA:CPU's loop emitters,
+# which compile faster than its fusion emitters to the same bits (`make test` passes the
+# same; `python -m benchmarks.suite_compile`).
+COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+
+
 def worker_env(devices: int, cache_dir: str | None = None) -> dict:
   """The environment of a worker: its own XLA_FLAGS (not inherited) and, if given, a
   persistent compilation cache shared by the test's workers (compiles once; a cached
   executable computes the same bits as a fresh compile)."""
   env = dict(os.environ)
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
-                      '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}'
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONUNBUFFERED'] = '1'
   if cache_dir:
